@@ -1,0 +1,305 @@
+//! `MemoryLayer`: the single-process layer, with a bounded history ring per group.
+//!
+//! It cannot scale past one node: use the Redis layer to share groups between processes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::{
+    Epoch, GroupName, History, HistoryConfig, Incoming, Layer, LayerError, Message, Payload,
+    Position,
+};
+
+/// Settings of a [`MemoryLayer`].
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryLayerConfig {
+    /// History bounds per group.
+    pub history: HistoryConfig,
+    /// Capacity of the [`Incoming`] channel, in messages. Default 4096. When it is full,
+    /// `publish` waits for room (backpressure), it never drops.
+    pub incoming_capacity: usize,
+}
+
+impl Default for MemoryLayerConfig {
+    fn default() -> Self {
+        Self {
+            history: HistoryConfig::default(),
+            incoming_capacity: 4096,
+        }
+    }
+}
+
+/// The in-process layer. Clones share one bus.
+#[derive(Clone, Debug)]
+pub struct MemoryLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    tx: mpsc::Sender<Message>,
+    history: HistoryConfig,
+    /// One lock for all groups: offsets are assigned and messages enqueued under it, which
+    /// is what keeps `Incoming` in offset order. Never held across an `.await`.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    groups: HashMap<GroupName, GroupState>,
+    subscribed: HashSet<GroupName>,
+    last_sweep: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    epoch: Epoch,
+    last_offset: u64,
+    last_activity: Instant,
+    ring: VecDeque<(Instant, Message)>,
+}
+
+impl MemoryLayer {
+    /// A new bus and the stream of messages for the groups it is subscribed to.
+    pub fn new(config: MemoryLayerConfig) -> (Self, Incoming) {
+        let (tx, rx) = mpsc::channel(config.incoming_capacity.max(1));
+        let shared = Arc::new(Shared {
+            tx,
+            history: config.history,
+            state: Mutex::new(State::default()),
+        });
+        (Self { shared }, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way
+        // that matters more than losing the process, so a poisoned lock is taken over.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// The group's state, created with a fresh epoch when it has none, and trimmed by age.
+    fn group(
+        &mut self,
+        group: &GroupName,
+        config: &HistoryConfig,
+        now: Instant,
+    ) -> &mut GroupState {
+        self.sweep(config, now);
+        let state = self
+            .groups
+            .entry(group.clone())
+            .or_insert_with(|| GroupState {
+                epoch: Epoch::random(),
+                last_offset: 0,
+                last_activity: now,
+                ring: VecDeque::new(),
+            });
+        while let Some((at, _)) = state.ring.front() {
+            if now.saturating_duration_since(*at) > config.max_age {
+                state.ring.pop_front();
+            } else {
+                break;
+            }
+        }
+        state
+    }
+
+    /// Forgets groups idle for longer than the history age, at most once per sweep
+    /// interval, so abandoned groups do not accumulate. Their epoch goes with them.
+    fn sweep(&mut self, config: &HistoryConfig, now: Instant) {
+        let interval = config.max_age.min(Duration::from_secs(60));
+        match self.last_sweep {
+            Some(last) if now.saturating_duration_since(last) < interval => return,
+            _ => {}
+        }
+        self.last_sweep = Some(now);
+        self.groups
+            .retain(|_, g| now.saturating_duration_since(g.last_activity) <= config.max_age);
+    }
+}
+
+impl Layer for MemoryLayer {
+    async fn publish(&self, group: &GroupName, payload: Payload) -> Result<Position, LayerError> {
+        // Reserve room first (this may wait), then assign the offset and enqueue under the
+        // lock, so that messages enter `Incoming` in offset order.
+        let permit = self
+            .shared
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| LayerError::Closed)?;
+        let config = self.shared.history;
+        let now = Instant::now();
+        let mut state = self.lock();
+        let subscribed = state.subscribed.contains(group);
+        let g = state.group(group, &config, now);
+        g.last_offset += 1;
+        g.last_activity = now;
+        let message = Message {
+            group: group.clone(),
+            offset: g.last_offset,
+            epoch: g.epoch.clone(),
+            payload,
+        };
+        let position = Position {
+            offset: message.offset,
+            epoch: message.epoch.clone(),
+        };
+        if config.max_len > 0 {
+            if g.ring.len() >= config.max_len {
+                g.ring.pop_front();
+            }
+            g.ring.push_back((now, message.clone()));
+        }
+        if subscribed {
+            permit.send(message);
+        }
+        Ok(position)
+    }
+
+    async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {
+        self.lock().subscribed.insert(group.clone());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
+        self.lock().subscribed.remove(group);
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        group: &GroupName,
+        since: Option<&Position>,
+    ) -> Result<History, LayerError> {
+        let config = self.shared.history;
+        let now = Instant::now();
+        let mut state = self.lock();
+        let g = state.group(group, &config, now);
+        let current = Position {
+            offset: g.last_offset,
+            epoch: g.epoch.clone(),
+        };
+        let Some(since) = since else {
+            return Ok(History {
+                current,
+                recovered: true,
+                messages: Vec::new(),
+            });
+        };
+        let covered = since.epoch == g.epoch
+            && since.offset <= g.last_offset
+            && (since.offset == g.last_offset
+                || g.ring
+                    .front()
+                    .is_some_and(|(_, first)| first.offset <= since.offset + 1));
+        let messages = if covered {
+            g.ring
+                .iter()
+                .filter(|(_, m)| m.offset > since.offset)
+                .map(|(_, m)| m.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(History {
+            current,
+            recovered: covered,
+            messages,
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.shared.tx.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(name: &str) -> GroupName {
+        GroupName::new(name).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_expires_by_age_and_the_epoch_with_it() {
+        let (layer, _rx) = MemoryLayer::new(MemoryLayerConfig {
+            history: HistoryConfig {
+                max_len: 10,
+                max_age: Duration::from_secs(60),
+            },
+            incoming_capacity: 16,
+        });
+        let g = group("g");
+        let first = layer.publish(&g, Payload::text("a")).await.unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let h = layer
+            .history(
+                &g,
+                Some(&Position {
+                    offset: 0,
+                    epoch: first.epoch.clone(),
+                }),
+            )
+            .await
+            .unwrap();
+        assert!(!h.recovered, "the only message expired");
+        // Once idle past the age, the group is forgotten and gets a new epoch.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let again = layer.publish(&g, Payload::text("b")).await.unwrap();
+        assert_ne!(again.epoch, first.epoch);
+        assert_eq!(again.offset, 1);
+    }
+
+    #[tokio::test]
+    async fn trimmed_history_is_not_recovered() {
+        let (layer, _rx) = MemoryLayer::new(MemoryLayerConfig {
+            history: HistoryConfig {
+                max_len: 3,
+                max_age: Duration::from_secs(60),
+            },
+            incoming_capacity: 16,
+        });
+        let g = group("g");
+        let mut last = None;
+        for i in 0..5 {
+            last = Some(
+                layer
+                    .publish(&g, Payload::text(format!("{i}")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let epoch = last.unwrap().epoch;
+        let h = layer
+            .history(
+                &g,
+                Some(&Position {
+                    offset: 1,
+                    epoch: epoch.clone(),
+                }),
+            )
+            .await
+            .unwrap();
+        assert!(!h.recovered, "offset 2 was trimmed");
+        let h = layer
+            .history(&g, Some(&Position { offset: 2, epoch }))
+            .await
+            .unwrap();
+        assert!(h.recovered);
+        assert_eq!(
+            h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+    }
+}

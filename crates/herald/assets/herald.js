@@ -1,0 +1,1 @@
+// The browser client is not built into this binary yet.

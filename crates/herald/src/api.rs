@@ -1,0 +1,433 @@
+//! The HTTP API: `POST /api/publish`, `/healthz`, `/readyz`, `/metrics`, and `ApiError`,
+//! the JSON error body every failure answers with.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use herald_core::{GroupName, Layer, Payload, Position};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::metrics::Metrics;
+use crate::server::AppState;
+
+/// An API failure: status plus `{"error": code, "message": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with a machine-readable `code` and a human `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub(crate) async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: the layer is connected, so publishing works.
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.layer.is_ready() && !state.shutdown.is_cancelled() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the layer is not connected or the server is draining",
+        )
+        .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&[]),
+    )
+        .into_response()
+}
+
+/// One publish request, or one element of a batch.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    group: Option<String>,
+    groups: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    text: Option<String>,
+    bytes: Option<String>,
+    messages: Option<Vec<PublishBody>>,
+}
+
+/// Keeps `"data": null` apart from a missing `data` (`Option<RawValue>` alone would read
+/// `null` as absent, yet publishing the JSON `null` is legitimate).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// A validated single message: where it goes and what it carries.
+struct Item {
+    groups: Vec<GroupName>,
+    payload: Payload,
+    /// Whether the request named `groups` (answer with `results`) or one `group`.
+    many: bool,
+}
+
+/// `POST /api/publish`.
+pub(crate) async fn publish(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    authorize(&state, req.headers())?;
+    let limit = state.config.limits.max_publish_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes (limits.max_publish_bytes)"),
+        )
+    };
+    if let Some(length) = req.headers().get(header::CONTENT_LENGTH) {
+        let length = length.to_str().ok().and_then(|l| l.parse::<usize>().ok());
+        if length.is_some_and(|l| l > limit) {
+            return Err(too_large());
+        }
+    }
+    let body: Body = req.into_body();
+    let bytes = to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            too_large()
+        } else {
+            ApiError::bad("bad_body", "could not read the request body")
+        }
+    })?;
+    let body: PublishBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad(
+            "malformed_json",
+            format!("request body is not a valid publish request: {e}"),
+        )
+    })?;
+    let limits = &state.config.limits;
+    match body.messages {
+        Some(messages) => {
+            if body.group.is_some()
+                || body.groups.is_some()
+                || body.data.is_some()
+                || body.text.is_some()
+                || body.bytes.is_some()
+            {
+                return Err(ApiError::bad(
+                    "invalid_request",
+                    "a batch has only \"messages\"",
+                ));
+            }
+            if messages.is_empty() {
+                return Err(ApiError::bad("invalid_request", "\"messages\" is empty"));
+            }
+            if messages.len() > limits.max_batch {
+                return Err(ApiError::bad(
+                    "too_many_messages",
+                    format!(
+                        "a batch holds at most {} messages (limits.max_batch)",
+                        limits.max_batch
+                    ),
+                ));
+            }
+            let items = messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    if m.messages.is_some() {
+                        return Err(ApiError::bad(
+                            "invalid_request",
+                            format!("messages[{i}]: batches do not nest"),
+                        ));
+                    }
+                    item(m, limits.max_publish_groups).map_err(|e| ApiError {
+                        message: format!("messages[{i}]: {}", e.message),
+                        ..e
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let results = publish_items(&state, &items).await?;
+            let answers: Vec<Value> = items
+                .iter()
+                .zip(results)
+                .map(|(item, positions)| answer(item, &positions))
+                .collect();
+            Ok(Json(json!({"results": answers})).into_response())
+        }
+        None => {
+            let item = item(body, limits.max_publish_groups)?;
+            let mut results = publish_items(&state, std::slice::from_ref(&item)).await?;
+            let positions = results.pop().unwrap_or_default();
+            Ok(Json(answer(&item, &positions)).into_response())
+        }
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn answer(item: &Item, positions: &[(GroupName, Position)]) -> Value {
+    if item.many {
+        let results: Vec<Value> = positions
+            .iter()
+            .map(|(g, p)| json!({"group": g.as_str(), "offset": p.offset, "epoch": p.epoch.as_str()}))
+            .collect();
+        json!({"results": results})
+    } else {
+        match positions.first() {
+            Some((_, p)) => json!({"offset": p.offset, "epoch": p.epoch.as_str()}),
+            None => json!({}),
+        }
+    }
+}
+
+/// Publishes every (group, payload) pair of `items` in one layer batch, in order.
+async fn publish_items(
+    state: &AppState,
+    items: &[Item],
+) -> Result<Vec<Vec<(GroupName, Position)>>, ApiError> {
+    let flat: Vec<(GroupName, Payload)> = items
+        .iter()
+        .flat_map(|item| {
+            item.groups
+                .iter()
+                .map(|g| (g.clone(), item.payload.clone()))
+        })
+        .collect();
+    let total = flat.len();
+    match state.layer.publish_batch(flat).await {
+        Ok(positions) => {
+            Metrics::add(&state.metrics.messages_published, total as u64);
+            let mut positions = positions.into_iter();
+            Ok(items
+                .iter()
+                .map(|item| {
+                    item.groups
+                        .iter()
+                        .filter_map(|g| positions.next().map(|p| (g.clone(), p)))
+                        .collect()
+                })
+                .collect())
+        }
+        Err((published, e)) => {
+            Metrics::add(&state.metrics.messages_published, published as u64);
+            Metrics::add(&state.metrics.publish_failures, 1);
+            tracing::warn!(error = %e, published, total, "publish failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "layer_unavailable",
+                format!(
+                    "the layer is unavailable ({e}); {published} of {total} messages were published"
+                ),
+            ))
+        }
+    }
+}
+
+fn item(body: PublishBody, max_groups: usize) -> Result<Item, ApiError> {
+    let (names, many) = match (body.group, body.groups) {
+        (Some(g), None) => (vec![g], false),
+        (None, Some(gs)) => {
+            if gs.is_empty() {
+                return Err(ApiError::bad("invalid_request", "\"groups\" is empty"));
+            }
+            (gs, true)
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "invalid_request",
+                "give \"group\" or \"groups\", not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad(
+                "invalid_request",
+                "\"group\" or \"groups\" is required",
+            ));
+        }
+    };
+    if names.len() > max_groups {
+        return Err(ApiError::bad(
+            "too_many_groups",
+            format!("at most {max_groups} groups per message (limits.max_publish_groups)"),
+        ));
+    }
+    let mut groups: Vec<GroupName> = Vec::with_capacity(names.len());
+    for name in &names {
+        let group = GroupName::new(name)
+            .map_err(|e| ApiError::bad("invalid_group", format!("group {name:?}: {e}")))?;
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    let payload = match (body.data, body.text, body.bytes) {
+        (Some(data), None, None) => Payload::text(minify_json(data.get())),
+        (None, Some(text), None) => Payload::text(text),
+        (None, None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    ApiError::bad(
+                        "invalid_base64",
+                        format!("\"bytes\" is not valid base64: {e}"),
+                    )
+                })?;
+            Payload::binary(bytes)
+        }
+        (None, None, None) => {
+            return Err(ApiError::bad(
+                "invalid_request",
+                "one of \"data\", \"text\" or \"bytes\" is required",
+            ));
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_request",
+                "give only one of \"data\", \"text\" or \"bytes\"",
+            ));
+        }
+    };
+    Ok(Item {
+        groups,
+        payload,
+        many,
+    })
+}
+
+/// Removes insignificant whitespace from valid JSON, keeping everything else (key order,
+/// number spelling, escapes) byte for byte — re-serialising through `serde_json::Value`
+/// would reorder keys and respell numbers.
+pub fn minify_json(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in raw.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Checks the bearer key when one is configured, in constant time.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.api_keys.is_empty() {
+        return Ok(());
+    }
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key>)",
+        )
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    // Compare against every key without stopping early, so timing reveals nothing.
+    let mut matched: Option<&str> = None;
+    for (name, key) in &state.api_keys {
+        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            matched = Some(name);
+        }
+    }
+    match matched {
+        Some(name) => {
+            tracing::trace!(key = name, "publish authorized");
+            Ok(())
+        }
+        None => Err(unauthorized()),
+    }
+}
+
+/// Equality whose duration depends only on the lengths, not on where the bytes differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minify_keeps_order_and_strings() {
+        assert_eq!(
+            minify_json("{ \"b\" : 1,\n \"a\" : [1.0, 2e3] }"),
+            r#"{"b":1,"a":[1.0,2e3]}"#
+        );
+        assert_eq!(
+            minify_json(r#"{"s": "a \" b\\", "t": " x "}"#),
+            r#"{"s":"a \" b\\","t":" x "}"#
+        );
+    }
+
+    #[test]
+    fn constant_time() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

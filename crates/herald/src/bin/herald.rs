@@ -1,0 +1,153 @@
+//! The `herald` command: `serve`, `publish`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herald",
+    version,
+    about = "A real-time push server: WebSocket groups, an HTTP publish API, resumable streams",
+    long_about = "A real-time push server. Browsers connect over WebSocket to a route such as \
+/message/{user_id}/stream/ and join the groups it names (user.{user_id}); backends publish \
+to groups over HTTP (POST /api/publish) or with `herald publish`; every member connection \
+receives each message as one frame.\n\nWith no configuration, `herald serve` listens on \
+127.0.0.1:8000 with the memory layer and the route /message/{user_id}/stream/ → user.{user_id}."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server until SIGINT/SIGTERM, then drain.
+    Serve {
+        /// TOML configuration file (every key also settable as HERALD_<SECTION>_<KEY>).
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides `listen`); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Publish one message to a group through a running server; prints the offset.
+    Publish {
+        /// Base URL of the server.
+        #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8000")]
+        server: String,
+        /// API key, if the server requires one.
+        #[arg(long, env = "HERALD_API_KEY")]
+        api_key: Option<String>,
+        /// Send the payload as a binary frame instead of text.
+        #[arg(long)]
+        binary: bool,
+        /// The group, e.g. user.42.
+        group: String,
+        /// The payload; read from standard input when omitted.
+        payload: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve { config, listen } => runtime.block_on(serve(config, listen)),
+        Command::Publish {
+            server,
+            api_key,
+            binary,
+            group,
+            payload,
+        } => runtime.block_on(publish(server, api_key, binary, group, payload)),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("herald=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(file: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitCode {
+    let mut config = match Config::load(file.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("herald: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("herald: cannot read the bound address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The one line tools and tests read: the real address, port 0 resolved.
+    println!("listening on http://{addr}");
+    match herald::run(listener, config, herald::server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn publish(
+    server: String,
+    api_key: Option<String>,
+    binary: bool,
+    group: String,
+    payload: Option<String>,
+) -> ExitCode {
+    let payload = match payload {
+        Some(p) => p.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                eprintln!("herald: cannot read the payload from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            buf
+        }
+    };
+    match herald::cli::publish(&server, api_key.as_deref(), &group, &payload, binary).await {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

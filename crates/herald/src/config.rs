@@ -1,0 +1,492 @@
+//! `Config`: herald's settings from a TOML file, `HERALD_<SECTION>_<KEY>` env vars and flags.
+//!
+//! Precedence, lowest first: built-in defaults, the file, the environment, command-line
+//! flags. Every key is validated at startup; an invalid one is reported once, by its
+//! dotted path (`limits.max_connections: invalid type ...`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::route::{Route, RouteError};
+
+/// A configuration error: which key, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key (`layer.kind`), or the file for syntax errors.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything `herald serve` needs. `Config::default()` is the seed's setup: the memory
+/// layer, the route `/message/{user_id}/stream/` joining `user.{user_id}`, on 127.0.0.1:8000.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8000`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// WebSocket routes. Default: the seed's route.
+    pub routes: Vec<RouteConfig>,
+    /// Which layer moves messages between nodes.
+    pub layer: LayerConfig,
+    /// History kept per group for resuming clients.
+    pub history: HistorySection,
+    /// The publish API.
+    pub api: ApiConfig,
+    /// Bounds on connections, frames and queues.
+    pub limits: Limits,
+    /// Keep-alive of WebSocket connections.
+    pub heartbeat: Heartbeat,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            routes: vec![RouteConfig::seed()],
+            layer: LayerConfig::default(),
+            history: HistorySection::default(),
+            api: ApiConfig::default(),
+            limits: Limits::default(),
+            heartbeat: Heartbeat::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// One `[[routes]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path pattern; `{name}` matches one segment of `[A-Za-z0-9._-]+`.
+    pub path: String,
+    /// Group templates joined on connect, e.g. `user.{user_id}`.
+    pub groups: Vec<String>,
+    /// `none` (default) or `token`.
+    #[serde(default)]
+    pub auth: AuthMode,
+}
+
+impl RouteConfig {
+    /// The seed's route: `/message/{user_id}/stream/` → `user.{user_id}`.
+    pub fn seed() -> Self {
+        Self {
+            path: "/message/{user_id}/stream/".into(),
+            groups: vec!["user.{user_id}".into()],
+            auth: AuthMode::None,
+        }
+    }
+}
+
+/// How a route authenticates connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may connect (the seed's behaviour).
+    #[default]
+    None,
+    /// A signed connection token is required.
+    Token,
+}
+
+/// `[layer]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LayerConfig {
+    /// `memory` (default, one process) or `redis` (several nodes).
+    pub kind: LayerKind,
+    /// Redis URL, `redis://host:port/db`; required when `kind = "redis"`.
+    pub url: Option<String>,
+    /// Prefix of every Redis key and channel. Default `herald`.
+    pub prefix: String,
+}
+
+impl Default for LayerConfig {
+    fn default() -> Self {
+        Self {
+            kind: LayerKind::Memory,
+            url: None,
+            prefix: "herald".into(),
+        }
+    }
+}
+
+/// Which layer backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// In-process; one node.
+    Memory,
+    /// Redis; many nodes share groups.
+    Redis,
+}
+
+/// `[history]`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySection {
+    /// Messages kept per group. Default 1000.
+    pub size: usize,
+    /// How long messages (and an idle group's epoch) are kept. Default `24h`.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer key required by `POST /api/publish`. Default: none (open API; bind to
+    /// loopback or set a key).
+    pub key: Option<String>,
+    /// Several named keys; the name shows in logs.
+    pub keys: BTreeMap<String, String>,
+}
+
+/// `[limits]`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// WebSocket connections held at once; past it new ones are closed with 1013.
+    /// Default 100000.
+    pub max_connections: usize,
+    /// Largest publish request body, in bytes; larger gets 413. Default 1 MiB.
+    pub max_publish_bytes: usize,
+    /// Most messages in one batch publish. Default 1000.
+    pub max_batch: usize,
+    /// Most groups one publish request may name. Default 1000.
+    pub max_publish_groups: usize,
+    /// Frames queued for one connection before it counts as a slow consumer and is
+    /// closed with 4001. Default 4096.
+    pub outbox_messages: usize,
+    /// Bytes queued for one connection before the same happens. Default 16 MiB.
+    pub outbox_bytes: usize,
+    /// Largest frame or message a client may send, in bytes; larger closes with 1009.
+    /// Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// Time allowed for the HTTP request head of a connection. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_publish_bytes: 1 << 20,
+            max_batch: 1000,
+            max_publish_groups: 1000,
+            outbox_messages: 4096,
+            outbox_bytes: 16 << 20,
+            max_message_bytes: 64 << 10,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[heartbeat]`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Heartbeat {
+    /// How often idle connections are pinged. Default `25s`.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// How long past a ping a silent peer is kept before it is dropped. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(25),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long connections and requests get to finish after SIGTERM. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// Window over which `herald.v1` clients spread their reconnects after a `goaway`.
+    /// Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub goaway_window: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(10),
+            goaway_window: Duration::from_secs(10),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{e} (expected e.g. \"10s\", \"500ms\", \"1h\")"))
+    })
+}
+
+/// Sections whose keys may be set from `HERALD_<SECTION>_<KEY>`.
+const SECTIONS: &[&str] = &["layer", "history", "api", "limits", "heartbeat", "shutdown"];
+
+impl Config {
+    /// Loads the configuration: defaults, then the TOML file (if any), then every
+    /// `HERALD_*` variable in `env`, then validation.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError::new(path.display().to_string(), e.message().to_string())
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::new(
+                    if key == "." { "config".into() } else { key },
+                    e.into_inner().to_string(),
+                )
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: non-zero bounds, a Redis URL for the Redis layer,
+    /// compilable routes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_publish_bytes", self.limits.max_publish_bytes),
+            ("limits.max_batch", self.limits.max_batch),
+            ("limits.max_publish_groups", self.limits.max_publish_groups),
+            ("limits.outbox_messages", self.limits.outbox_messages),
+            ("limits.outbox_bytes", self.limits.outbox_bytes),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
+        let nonzero = [
+            ("heartbeat.interval", self.heartbeat.interval),
+            ("heartbeat.timeout", self.heartbeat.timeout),
+            ("limits.handshake_timeout", self.limits.handshake_timeout),
+            ("history.ttl", self.history.ttl),
+        ];
+        for (key, value) in nonzero {
+            if value.is_zero() {
+                return Err(ConfigError::new(key, "must be longer than 0s"));
+            }
+        }
+        if self.layer.kind == LayerKind::Redis {
+            match self.layer.url.as_deref() {
+                None | Some("") => {
+                    return Err(ConfigError::new(
+                        "layer.url",
+                        "required when layer.kind = \"redis\"",
+                    ));
+                }
+                Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+                    return Err(ConfigError::new(
+                        "layer.url",
+                        "must start with redis:// or rediss://",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.layer.prefix.is_empty() {
+            return Err(ConfigError::new("layer.prefix", "must not be empty"));
+        }
+        if self.routes.is_empty() {
+            return Err(ConfigError::new("routes", "at least one route is needed"));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.auth == AuthMode::Token {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].auth"),
+                    "\"token\" is not supported by this build yet; use \"none\"",
+                ));
+            }
+            Route::compile(route)
+                .map_err(|e: RouteError| ConfigError::new(format!("routes[{i}]"), e.to_string()))?;
+        }
+        for (name, key) in &self.api.keys {
+            if key.is_empty() {
+                return Err(ConfigError::new(
+                    format!("api.keys.{name}"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if self.api.key.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                "api.key",
+                "must not be empty (omit it for an open API)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The compiled routes (validated by [`Config::validate`]).
+    pub fn compiled_routes(&self) -> Result<Vec<Route>, ConfigError> {
+        self.routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Route::compile(r)
+                    .map_err(|e| ConfigError::new(format!("routes[{i}]"), e.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// Overlays `HERALD_<SECTION>_<KEY>=value` (and `HERALD_LISTEN`) onto the TOML table.
+/// A value is read as a TOML literal when it is one (`100`, `true`, `["a"]`), else as a
+/// string, so `HERALD_LIMITS_MAX_CONNECTIONS=100` is a number and `HERALD_API_KEY=s3cr3t`
+/// a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("HERALD_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let parsed = parse_env_value(&value);
+        if rest == "listen" {
+            table.insert(rest, parsed);
+            continue;
+        }
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        if !SECTIONS.contains(&section) || key.is_empty() {
+            // Other HERALD_* variables (e.g. HERALD_REDIS_SERVER for tests) are not config.
+            continue;
+        }
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(ConfigError::new(section, "must be a table"));
+        };
+        section_table.insert(key.to_string(), parsed);
+    }
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    // Parse as the right-hand side of `v = <value>`; fall back to a plain string.
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("herald-config-{}", fastrand::u64(..)));
+        std::fs::write(&dir, toml_text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let result = Config::load(Some(&dir), env);
+        let _ = std::fs::remove_file(&dir);
+        result
+    }
+
+    #[test]
+    fn defaults_are_the_seed() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.routes[0].path, "/message/{user_id}/stream/");
+        assert_eq!(c.layer.kind, LayerKind::Memory);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load(
+            "listen = \"127.0.0.1:9000\"\n[limits]\nmax_connections = 5\n",
+            &[
+                ("HERALD_LIMITS_MAX_CONNECTIONS", "7"),
+                ("HERALD_API_KEY", "s3cr3t"),
+                ("HERALD_HEARTBEAT_INTERVAL", "2s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.api.key.as_deref(), Some("s3cr3t"));
+        assert_eq!(c.heartbeat.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("[limits]\nmax_connections = \"lots\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "limits.max_connections");
+        let e = load("[layer]\nkind = \"redis\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "layer.url");
+        let e = load("[layer]\nkind = \"postgres\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "layer.kind");
+        let e = load("[limits]\nbogus = 1\n", &[]).unwrap_err();
+        assert_eq!(e.key, "limits");
+        assert!(e.message.contains("bogus"), "{}", e.message);
+        let e = load("[heartbeat]\ninterval = \"soon\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "heartbeat.interval");
+        let e = load(
+            "[[routes]]\npath = \"/a/{x}/\"\ngroups = [\"g.{y}\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "routes[0]");
+        let e = load("[limits]\noutbox_messages = 0\n", &[]).unwrap_err();
+        assert_eq!(e.key, "limits.outbox_messages");
+    }
+}

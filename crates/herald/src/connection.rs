@@ -1,0 +1,418 @@
+//! The task that owns one WebSocket connection after the upgrade: it writes the frames
+//! the hub queued, reads what the client sends, keeps the heartbeat and closes with the
+//! right code.
+//!
+//! Order of a `herald.v1` connection: read `hello` → join groups (live frames start to
+//! queue in the outbox) → read history after each client position → `welcome` → replay →
+//! release the queued live frames, skipping offsets already replayed. Subscribing before
+//! reading history is what makes the replay gap-free; skipping is what makes it
+//! duplicate-free.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use herald_core::{GroupName, Layer, Position};
+use herald_ws::{FrameReader, Inbound, Limits, ReadError, encode_close, encode_pong};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant, timeout};
+
+use crate::close;
+use crate::hub::{ConnId, Mode, OutFrame, Outbox, encode_v1};
+use crate::metrics::Metrics;
+use crate::protocol::{self, ClientFrame, WelcomeStream};
+use crate::server::AppState;
+
+type Io = TokioIo<Upgraded>;
+
+/// Most frames gathered into one socket write.
+const MAX_BATCH_FRAMES: usize = 64;
+/// Most bytes gathered into one socket write.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Time allowed for the closing handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection that joined its groups and waits for its upgraded socket.
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) id: ConnId,
+    pub(crate) groups: Vec<GroupName>,
+    pub(crate) outbox: Outbox,
+    pub(crate) rx: mpsc::Receiver<OutFrame>,
+    pub(crate) state: Arc<AppState>,
+    /// Set once the connection joined its groups in the hub.
+    pub(crate) joined: bool,
+    /// Per group: the last offset sent to the client (herald.v1 only).
+    last_sent: Vec<u64>,
+}
+
+/// Why the main loop ended.
+enum End {
+    /// Close with this code and reason, then wait for the peer's close.
+    Close(u16, &'static str),
+    /// The peer closed: echo its code.
+    PeerClosed(Option<u16>),
+    /// The socket is gone or stuck; just drop it.
+    Drop,
+}
+
+impl Connection {
+    /// A connection for `groups` in `mode`, not yet a member of anything.
+    pub(crate) fn new(state: Arc<AppState>, groups: Vec<GroupName>, mode: Mode) -> Self {
+        let limits = &state.config.limits;
+        let (outbox, rx) = Outbox::new(mode, limits.outbox_messages, limits.outbox_bytes);
+        let id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let last_sent = vec![0; groups.len()];
+        Self {
+            id,
+            groups,
+            outbox,
+            rx,
+            state,
+            joined: false,
+            last_sent,
+        }
+    }
+
+    /// Joins every group and waits until the layer delivers them.
+    pub(crate) async fn join(&mut self) {
+        for (slot, group) in self.groups.iter().enumerate() {
+            // Slots fit in a u8: the route config caps groups per connection well below 256.
+            self.state
+                .hub
+                .join(group, self.id, slot as u8, &self.outbox);
+        }
+        self.joined = true;
+        for group in &self.groups {
+            self.state.subscriptions.sync(group).await;
+        }
+    }
+
+    /// Leaves every group; the subscriptions task unsubscribes the ones now empty here.
+    async fn leave(&mut self) {
+        if !self.joined {
+            return;
+        }
+        self.joined = false;
+        for group in &self.groups {
+            self.state.hub.leave(group, self.id);
+        }
+        for group in &self.groups {
+            self.state.subscriptions.sync_later(group).await;
+        }
+    }
+
+    fn reader(&self) -> FrameReader {
+        let max = self.state.config.limits.max_message_bytes;
+        FrameReader::new(Limits {
+            max_frame: max,
+            max_message: max,
+        })
+    }
+
+    /// Runs the connection until it closes. Counted in the connection gauge throughout.
+    pub(crate) async fn serve(mut self, io: Io) {
+        let metrics = self.state.metrics.clone();
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut reader = self.reader();
+        let end = match self.outbox.shared().mode() {
+            Mode::Plain => self.run(&mut rd, &mut wr, &mut reader).await,
+            Mode::V1 => match self.handshake_v1(&mut rd, &mut wr, &mut reader).await {
+                Ok(()) => self.run(&mut rd, &mut wr, &mut reader).await,
+                Err(end) => end,
+            },
+        };
+        // Stop receiving before the closing handshake, so nothing queues meanwhile.
+        self.leave().await;
+        let pending = self.rx.len() as u64;
+        Metrics::add(&metrics.frames_dropped, pending);
+        self.rx.close();
+        finish(end, &mut rd, &mut wr, &mut reader).await;
+    }
+
+    /// Gives up a connection whose upgrade never completed.
+    pub(crate) async fn abandon(mut self) {
+        self.leave().await;
+    }
+
+    /// Closes a connection refused after the upgrade (limits, auth) with `code`.
+    pub(crate) async fn refuse(io: Io, code: u16, reason: &'static str, limits: Limits) {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut reader = FrameReader::new(limits);
+        finish(End::Close(code, reason), &mut rd, &mut wr, &mut reader).await;
+    }
+
+    async fn handshake_v1(
+        &mut self,
+        rd: &mut ReadHalf<Io>,
+        wr: &mut WriteHalf<Io>,
+        reader: &mut FrameReader,
+    ) -> Result<(), End> {
+        let deadline = self.state.config.limits.handshake_timeout;
+        let first = tokio::select! {
+            _ = self.state.shutdown.cancelled() => return Err(End::Close(close::RESTART, "server restart")),
+            first = timeout(deadline, reader.read(rd)) => first,
+        };
+        let text = match first {
+            Err(_) => return Err(self.bad_request("no hello in time")),
+            Ok(Ok(Some(Inbound::Text(text)))) => text,
+            Ok(Ok(Some(Inbound::Close { code, .. }))) => return Err(End::PeerClosed(code)),
+            Ok(Ok(Some(_))) => return Err(self.bad_request("first frame must be a text hello")),
+            Ok(Ok(None)) | Ok(Err(ReadError::Io(_))) => return Err(End::Drop),
+            Ok(Err(ReadError::Protocol(e))) => return Err(self.protocol_error(e.code, e.reason)),
+            Ok(Err(_)) => return Err(End::Drop),
+        };
+        let hello = protocol::parse_hello(&text).map_err(|e| self.bad_request(e.0))?;
+        self.join().await;
+        let mut currents: Vec<(Position, bool)> = Vec::with_capacity(self.groups.len());
+        let mut replay: Vec<Bytes> = Vec::new();
+        for (slot, group) in self.groups.iter().enumerate() {
+            let since = hello.streams.get(group.as_str());
+            let history = match self.state.layer.history(group, since).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(conn_id = self.id, group = %group, error = %e, "history unavailable");
+                    return Err(End::Close(close::TRY_AGAIN_LATER, "history unavailable"));
+                }
+            };
+            // A position the history does not cover, or a first visit, starts from now.
+            let recovered = history.recovered && since.is_some();
+            for message in &history.messages {
+                replay.push(encode_v1(message));
+            }
+            self.last_sent[slot] = history.current.offset;
+            currents.push((history.current, recovered || since.is_none()));
+        }
+        let streams: Vec<WelcomeStream<'_>> = self
+            .groups
+            .iter()
+            .zip(&currents)
+            .map(|(group, (current, recovered))| WelcomeStream {
+                group,
+                current,
+                recovered: *recovered,
+            })
+            .collect();
+        let welcome = protocol::welcome(
+            self.state.config.heartbeat.interval.as_millis() as u64,
+            &streams,
+        );
+        if write_frames(
+            wr,
+            std::iter::once(welcome).chain(replay),
+            self.stall_timeout(),
+        )
+        .await
+        .is_err()
+        {
+            return Err(End::Drop);
+        }
+        Ok(())
+    }
+
+    fn bad_request(&self, reason: &'static str) -> End {
+        Metrics::add(&self.state.metrics.protocol_errors, 1);
+        tracing::debug!(conn_id = self.id, reason, "bad request");
+        End::Close(close::BAD_REQUEST, reason)
+    }
+
+    fn protocol_error(&self, code: u16, reason: &'static str) -> End {
+        Metrics::add(&self.state.metrics.protocol_errors, 1);
+        tracing::debug!(conn_id = self.id, code, reason, "protocol error");
+        End::Close(code, reason)
+    }
+
+    fn stall_timeout(&self) -> Duration {
+        let hb = &self.state.config.heartbeat;
+        hb.interval + hb.timeout
+    }
+
+    async fn run(
+        &mut self,
+        rd: &mut ReadHalf<Io>,
+        wr: &mut WriteHalf<Io>,
+        reader: &mut FrameReader,
+    ) -> End {
+        let shared = self.outbox.shared().clone();
+        let mode = shared.mode();
+        let hb = self.state.config.heartbeat;
+        let mut tick = self.state.ticker.clone();
+        let mut last_in = Instant::now();
+        let mut last_out = Instant::now();
+        let stall = self.stall_timeout();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.state.shutdown.cancelled() => {
+                    if mode == Mode::V1 {
+                        let window = self.state.config.shutdown.goaway_window.as_millis() as u64;
+                        // Best effort: the close that follows is what matters.
+                        let _ = timeout(CLOSE_TIMEOUT, wr.write_all(&protocol::goaway(window))).await;
+                    }
+                    return End::Close(close::RESTART, "server restart");
+                }
+                _ = shared.kicked() => {
+                    let code = shared.close_code().unwrap_or(close::SLOW_CONSUMER);
+                    return End::Close(code, "slow consumer: outbox overflowed");
+                }
+                first = self.rx.recv() => {
+                    let Some(first) = first else { return End::Drop };
+                    let mut batch = Vec::new();
+                    let mut bytes = 0;
+                    let mut next = Some(first);
+                    while let Some(frame) = next {
+                        shared.written(frame.frame.len());
+                        if mode == Mode::V1 {
+                            let slot = frame.slot as usize;
+                            match self.last_sent.get_mut(slot) {
+                                Some(last) if frame.offset > *last => *last = frame.offset,
+                                // Already replayed from history, or not ours.
+                                _ => { next = self.rx.try_recv().ok(); continue; }
+                            }
+                        }
+                        bytes += frame.frame.len();
+                        batch.push(frame.frame);
+                        next = if batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                            self.rx.try_recv().ok()
+                        } else {
+                            None
+                        };
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    if write_frames(wr, batch, stall).await.is_err() {
+                        return End::Drop;
+                    }
+                    last_out = Instant::now();
+                }
+                inbound = reader.read(rd) => {
+                    last_in = Instant::now();
+                    match inbound {
+                        Ok(Some(Inbound::Ping(data))) => {
+                            if write_frames(wr, [encode_pong(&data)], stall).await.is_err() {
+                                return End::Drop;
+                            }
+                        }
+                        Ok(Some(Inbound::Pong(_))) => {}
+                        Ok(Some(Inbound::Close { code, .. })) => return End::PeerClosed(code),
+                        Ok(Some(Inbound::Text(text))) => {
+                            if mode == Mode::V1 {
+                                match protocol::parse_client_frame(&text) {
+                                    Ok(ClientFrame::Pong | ClientFrame::Other) => {}
+                                    Err(e) => return self.bad_request(e.0),
+                                }
+                            }
+                            // Plain mode: client frames are ignored (DESIGN.md §3).
+                        }
+                        Ok(Some(Inbound::Binary(_))) => {
+                            if mode == Mode::V1 {
+                                return self.bad_request("binary frames are not part of herald.v1 client messages");
+                            }
+                        }
+                        Ok(None) | Err(ReadError::Io(_)) => return End::Drop,
+                        Err(ReadError::Protocol(e)) => return self.protocol_error(e.code, e.reason),
+                        Err(_) => return End::Drop,
+                    }
+                    reader.shrink_if_idle();
+                }
+                changed = tick.changed() => {
+                    if changed.is_err() {
+                        // The ticker stopped: the server is shutting down.
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if now.saturating_duration_since(last_in) > hb.interval + hb.timeout {
+                        Metrics::add(&self.state.metrics.heartbeat_timeouts, 1);
+                        return match mode {
+                            Mode::V1 => End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
+                            // A plain peer that ignores pings is gone; nobody reads a close.
+                            Mode::Plain => End::Drop,
+                        };
+                    }
+                    if now.saturating_duration_since(last_out) >= hb.interval / 2 {
+                        let ping = match mode {
+                            Mode::Plain => herald_ws::encode_ping(b""),
+                            Mode::V1 => protocol::ping(),
+                        };
+                        if write_frames(wr, [ping], stall).await.is_err() {
+                            return End::Drop;
+                        }
+                        last_out = now;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes frames in one `write_all` when there are several (one copy into a batch
+/// buffer beats one syscall per frame), directly when there is one. A write that makes no
+/// progress for `stall` means the peer stopped reading: the connection is dropped.
+async fn write_frames(
+    wr: &mut WriteHalf<Io>,
+    frames: impl IntoIterator<Item = Bytes>,
+    stall: Duration,
+) -> io::Result<()> {
+    let mut frames = frames.into_iter();
+    let Some(first) = frames.next() else {
+        return Ok(());
+    };
+    let write = async {
+        match frames.next() {
+            None => wr.write_all(&first).await,
+            Some(second) => {
+                let mut buf = BytesMut::with_capacity(first.len() + second.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&second);
+                for frame in frames {
+                    buf.extend_from_slice(&frame);
+                }
+                wr.write_all(&buf).await
+            }
+        }
+    };
+    match timeout(stall, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer stopped reading",
+        )),
+    }
+}
+
+/// The closing handshake: send our close (or echo the peer's), then give the peer a moment
+/// to answer before dropping the socket, so its last frames are not cut by a reset.
+async fn finish(end: End, rd: &mut ReadHalf<Io>, wr: &mut WriteHalf<Io>, reader: &mut FrameReader) {
+    match end {
+        End::Drop => {}
+        End::PeerClosed(code) => {
+            let frame = encode_close(code.unwrap_or(close::NORMAL), "");
+            let _ = timeout(CLOSE_TIMEOUT, async {
+                wr.write_all(&frame).await?;
+                wr.shutdown().await
+            })
+            .await;
+        }
+        End::Close(code, reason) => {
+            let frame = encode_close(code, reason);
+            let sent = timeout(CLOSE_TIMEOUT, wr.write_all(&frame)).await;
+            if matches!(sent, Ok(Ok(()))) {
+                let _ = timeout(CLOSE_TIMEOUT, async {
+                    loop {
+                        match reader.read(rd).await {
+                            Ok(Some(Inbound::Close { .. })) | Ok(None) | Err(_) => break,
+                            Ok(Some(_)) => {}
+                        }
+                    }
+                })
+                .await;
+                let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
+            }
+        }
+    }
+}

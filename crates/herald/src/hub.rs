@@ -1,0 +1,409 @@
+//! `Hub`: node-local membership (group → member connections) and local fan-out.
+//!
+//! Only the hub knows who is a member of what; the layer only moves messages between
+//! nodes. `deliver` encodes each message into its WebSocket frame once per wire mode and
+//! hands the same `Bytes` to every member's bounded outbox: a refcount increment per
+//! recipient, no copy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use herald_core::{GroupName, Message, PayloadKind};
+use herald_ws::{OpCode, encode_frame, encode_frame_parts};
+use tokio::sync::{Notify, mpsc};
+
+use crate::metrics::Metrics;
+
+/// Identifies one WebSocket connection on this node.
+pub type ConnId = u64;
+
+/// How a connection's frames are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The seed's contract: one frame per message, the payload byte for byte.
+    Plain,
+    /// `herald.v1`: a header naming group and offset, then the payload.
+    V1,
+}
+
+/// One pre-encoded frame queued for a connection.
+#[derive(Clone, Debug)]
+pub struct OutFrame {
+    /// The complete WebSocket frame, shared with every other recipient.
+    pub frame: Bytes,
+    /// Which of the connection's groups it belongs to (index into its group list).
+    pub slot: u8,
+    /// The message's offset in that group.
+    pub offset: u64,
+}
+
+/// State shared between a connection's task and the hub.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// Close code requested by the hub (0 = none), e.g. 4001 on overflow.
+    close_code: AtomicU16,
+    /// Wakes the connection task when `close_code` is set.
+    kicked: Notify,
+    /// Bytes sitting in the outbox; bounded by `max_bytes`.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    mode: Mode,
+}
+
+impl ConnShared {
+    /// The close code the hub asked for, if any.
+    pub fn close_code(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// Asks the connection to close with `code`; the first request wins.
+    pub fn kick(&self, code: u16) {
+        if self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.kicked.notify_one();
+        }
+    }
+
+    /// Resolves once the connection was kicked (cancel-safe; `notify_one` keeps a permit).
+    pub async fn kicked(&self) {
+        self.kicked.notified().await;
+    }
+
+    /// Records that `n` queued bytes were written out.
+    pub fn written(&self, n: usize) {
+        self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The connection's wire mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+/// The hub's handle on a connection: the sending half of its bounded outbox.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<OutFrame>,
+    shared: Arc<ConnShared>,
+}
+
+impl Outbox {
+    /// A new outbox holding at most `max_messages` frames and `max_bytes` bytes.
+    pub fn new(
+        mode: Mode,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> (Self, mpsc::Receiver<OutFrame>) {
+        let (tx, rx) = mpsc::channel(max_messages.max(1));
+        let shared = Arc::new(ConnShared {
+            close_code: AtomicU16::new(0),
+            kicked: Notify::new(),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            mode,
+        });
+        (Self { tx, shared }, rx)
+    }
+
+    /// The state shared with the connection task.
+    pub fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+
+    /// Queues a frame without waiting. On overflow the connection is kicked with 4001
+    /// and `false` returned; a closing connection also returns `false`.
+    pub fn offer(&self, frame: OutFrame, metrics: &Metrics) -> bool {
+        let len = frame.frame.len();
+        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if self.shared.close_code().is_some() {
+            self.shared.written(len);
+            return false;
+        }
+        if queued + len > self.shared.max_bytes {
+            self.shared.written(len);
+            self.overflow(metrics);
+            return false;
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.written(len);
+                self.overflow(metrics);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.written(len);
+                false
+            }
+        }
+    }
+
+    fn overflow(&self, metrics: &Metrics) {
+        if self.shared.close_code().is_none() {
+            Metrics::add(&metrics.outbox_overflows, 1);
+        }
+        self.shared.kick(crate::close::SLOW_CONSUMER);
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    id: ConnId,
+    slot: u8,
+    outbox: Outbox,
+}
+
+/// What a join changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// The group had no members here before: the node must subscribe to it.
+    First,
+    /// The group already had members here.
+    Existing,
+}
+
+/// What a leave changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Left {
+    /// That was the last member here: the node should unsubscribe.
+    Last,
+    /// Other members remain.
+    Remaining,
+    /// The connection was not a member.
+    NotMember,
+}
+
+/// How a delivery went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Frames queued.
+    pub sent: usize,
+    /// Members whose outbox refused the frame.
+    pub dropped: usize,
+}
+
+/// Node-local membership and fan-out.
+#[derive(Debug)]
+pub struct Hub {
+    groups: RwLock<HashMap<GroupName, Vec<Member>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// An empty hub reporting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            groups: RwLock::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    // The maps are only touched in short, non-awaiting sections; a panic inside one is a
+    // bug that already lost its thread, and continuing with the data is the best option.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<GroupName, Vec<Member>>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<GroupName, Vec<Member>>> {
+        self.groups.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds connection `id` to `group`; `slot` is the group's index in the connection's
+    /// own list, echoed in every frame for it.
+    pub fn join(&self, group: &GroupName, id: ConnId, slot: u8, outbox: &Outbox) -> Joined {
+        let mut groups = self.write();
+        let members = groups.entry(group.clone()).or_default();
+        let first = members.is_empty();
+        members.push(Member {
+            id,
+            slot,
+            outbox: outbox.clone(),
+        });
+        if first {
+            self.metrics.groups.fetch_add(1, Ordering::Relaxed);
+            Joined::First
+        } else {
+            Joined::Existing
+        }
+    }
+
+    /// Removes connection `id` from `group`.
+    pub fn leave(&self, group: &GroupName, id: ConnId) -> Left {
+        let mut groups = self.write();
+        let Some(members) = groups.get_mut(group) else {
+            return Left::NotMember;
+        };
+        let Some(index) = members.iter().position(|m| m.id == id) else {
+            return Left::NotMember;
+        };
+        members.swap_remove(index);
+        if members.is_empty() {
+            groups.remove(group);
+            self.metrics.groups.fetch_sub(1, Ordering::Relaxed);
+            Left::Last
+        } else {
+            Left::Remaining
+        }
+    }
+
+    /// Whether `group` has members on this node.
+    pub fn has_members(&self, group: &GroupName) -> bool {
+        self.read().contains_key(group)
+    }
+
+    /// Number of local members of `group`.
+    pub fn member_count(&self, group: &GroupName) -> usize {
+        self.read().get(group).map_or(0, Vec::len)
+    }
+
+    /// Queues `message` to every local member of its group, encoding its frame once per
+    /// wire mode in use.
+    pub fn deliver(&self, message: &Message) -> Delivered {
+        let groups = self.read();
+        let Some(members) = groups.get(&message.group) else {
+            return Delivered::default();
+        };
+        let mut plain: Option<Bytes> = None;
+        let mut v1: Option<Bytes> = None;
+        let mut delivered = Delivered::default();
+        for member in members {
+            let frame = match member.outbox.shared.mode {
+                Mode::Plain => plain.get_or_insert_with(|| encode_plain(message)),
+                Mode::V1 => v1.get_or_insert_with(|| encode_v1(message)),
+            };
+            let out = OutFrame {
+                frame: frame.clone(),
+                slot: member.slot,
+                offset: message.offset,
+            };
+            if member.outbox.offer(out, &self.metrics) {
+                delivered.sent += 1;
+            } else {
+                delivered.dropped += 1;
+            }
+        }
+        drop(groups);
+        Metrics::add(&self.metrics.frames_delivered, delivered.sent as u64);
+        Metrics::add(&self.metrics.frames_dropped, delivered.dropped as u64);
+        delivered
+    }
+}
+
+/// The plain-mode frame: the payload byte for byte, as a text or binary frame.
+pub fn encode_plain(message: &Message) -> Bytes {
+    let opcode = match message.payload.kind() {
+        PayloadKind::Text => OpCode::Text,
+        PayloadKind::Binary => OpCode::Binary,
+    };
+    encode_frame(opcode, message.payload.data())
+}
+
+/// The `herald.v1` frame: `{"t":"m","s":group,"o":offset}\n<payload>` for text,
+/// `u32 BE header length | header | payload` for binary.
+pub fn encode_v1(message: &Message) -> Bytes {
+    // Group names are [A-Za-z0-9._-], so they need no JSON escaping.
+    let header = format!(
+        "{{\"t\":\"m\",\"s\":\"{}\",\"o\":{}}}",
+        message.group, message.offset
+    );
+    let payload = message.payload.data();
+    match message.payload.kind() {
+        PayloadKind::Text => encode_frame_parts(OpCode::Text, &[header.as_bytes(), b"\n", payload]),
+        PayloadKind::Binary => {
+            let len = (header.len() as u32).to_be_bytes();
+            encode_frame_parts(OpCode::Binary, &[&len, header.as_bytes(), payload])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{Epoch, Payload};
+
+    fn message(group: &GroupName, offset: u64) -> Message {
+        Message {
+            group: group.clone(),
+            offset,
+            epoch: Epoch::new("e"),
+            payload: Payload::text("hi"),
+        }
+    }
+
+    #[test]
+    fn join_leave_edges() {
+        let hub = Hub::new(Arc::default());
+        let g = GroupName::new("g").unwrap();
+        let (a, _ra) = Outbox::new(Mode::Plain, 4, 1 << 20);
+        let (b, _rb) = Outbox::new(Mode::Plain, 4, 1 << 20);
+        assert_eq!(hub.join(&g, 1, 0, &a), Joined::First);
+        assert_eq!(hub.join(&g, 2, 0, &b), Joined::Existing);
+        assert_eq!(hub.leave(&g, 3), Left::NotMember);
+        assert_eq!(hub.leave(&g, 1), Left::Remaining);
+        assert_eq!(hub.leave(&g, 2), Left::Last);
+        assert_eq!(hub.leave(&g, 2), Left::NotMember);
+        assert!(!hub.has_members(&g));
+    }
+
+    #[test]
+    fn one_encoding_shared_by_all_recipients() {
+        let hub = Hub::new(Arc::default());
+        let g = GroupName::new("g").unwrap();
+        let (a, mut ra) = Outbox::new(Mode::Plain, 4, 1 << 20);
+        let (b, mut rb) = Outbox::new(Mode::Plain, 4, 1 << 20);
+        hub.join(&g, 1, 0, &a);
+        hub.join(&g, 2, 0, &b);
+        assert_eq!(
+            hub.deliver(&message(&g, 1)),
+            Delivered {
+                sent: 2,
+                dropped: 0
+            }
+        );
+        let fa = ra.try_recv().unwrap().frame;
+        let fb = rb.try_recv().unwrap().frame;
+        assert_eq!(fa.as_ptr(), fb.as_ptr(), "both recipients share one buffer");
+        assert_eq!(&fa[..], b"\x81\x02hi");
+    }
+
+    #[test]
+    fn overflow_kicks_with_4001() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(metrics.clone());
+        let g = GroupName::new("g").unwrap();
+        let (a, _ra) = Outbox::new(Mode::Plain, 2, 1 << 20);
+        hub.join(&g, 1, 0, &a);
+        for i in 1..=3 {
+            hub.deliver(&message(&g, i));
+        }
+        assert_eq!(a.shared().close_code(), Some(4001));
+        assert_eq!(metrics.outbox_overflows.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.frames_dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn v1_frames() {
+        let g = GroupName::new("user.42").unwrap();
+        let text = encode_v1(&message(&g, 18));
+        assert_eq!(&text[2..], b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":18}\nhi");
+        let mut m = message(&g, 3);
+        m.payload = Payload::binary(vec![0u8, 1, 2]);
+        let bin = encode_v1(&m);
+        assert_eq!(bin[0], 0x82);
+        let body = &bin[2..];
+        let hlen = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        assert_eq!(
+            &body[4..4 + hlen],
+            b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":3}"
+        );
+        assert_eq!(&body[4 + hlen..], &[0, 1, 2]);
+    }
+}

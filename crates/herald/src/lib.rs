@@ -1,0 +1,45 @@
+//! herald: a real-time push server.
+//!
+//! Browsers hold WebSocket connections at routes such as `/message/{user_id}/stream/`;
+//! each connection joins the groups its route names; a backend publishes messages to
+//! groups over HTTP; herald delivers each message as one frame to every member connection,
+//! on every node sharing the same layer.
+//!
+//! # Data flow
+//!
+//! ```text
+//! browser ──ws──▶ ws::gateway ──▶ connection task ◀── outbox (bounded) ◀── hub.deliver
+//!                 (route, limits)  (reads, heartbeats,                        ▲
+//!                                   writes shared frames)                     │
+//! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ server::pump
+//! ```
+//!
+//! # Layout
+//!
+//! - [`server`]: [`run`], the accept loop and the graceful-shutdown order.
+//! - [`config`]: settings from TOML, `HERALD_*` variables and flags.
+//! - [`route`]: path patterns and the groups they yield.
+//! - [`ws`]: the upgrade gateway; [`connection`]: one task per WebSocket.
+//! - [`hub`]: node-local membership and fan-out; [`subscriptions`]: the task keeping the
+//!   layer subscribed to exactly the groups with local members.
+//! - [`api`]: `POST /api/publish`, health, readiness and metrics endpoints.
+//! - [`protocol`]: the `herald.v1` control frames; [`close`]: close codes.
+//! - [`node_layer`]: the configured layer as one type; [`metrics`]: counters.
+
+pub mod api;
+mod assets;
+pub mod cli;
+pub mod close;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod metrics;
+pub mod node_layer;
+pub mod protocol;
+pub mod route;
+pub mod server;
+pub mod subscriptions;
+mod ws;
+
+pub use config::Config;
+pub use server::{ServeError, run, serve};

@@ -1,0 +1,278 @@
+//! `run`: the accept loop, the shared state and the order of a graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::{get, post};
+use herald_core::Incoming;
+use hyper::body::Incoming as HyperBody;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::node_layer::NodeLayer;
+use crate::route::Route;
+use crate::subscriptions::Subscriptions;
+use crate::{api, assets, ws};
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The layer could not be created.
+    #[error("layer: {0}")]
+    Layer(String),
+}
+
+/// The address the client connected from.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Everything request handlers and connection tasks share.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) layer: NodeLayer,
+    pub(crate) subscriptions: Subscriptions,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Fired once when shutdown starts; connections close with 1012.
+    pub(crate) shutdown: CancellationToken,
+    /// Owns every HTTP and WebSocket connection task.
+    pub(crate) tracker: TaskTracker,
+    /// Ticks every half heartbeat interval; connections check their heartbeat on it
+    /// (one shared timer instead of one per connection).
+    pub(crate) ticker: watch::Receiver<()>,
+    pub(crate) next_conn_id: AtomicU64,
+    /// Publish API keys by name; empty = open API.
+    pub(crate) api_keys: Vec<(String, String)>,
+}
+
+/// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
+/// accepting, closes every WebSocket with 1012 (after a `goaway` for herald.v1 clients),
+/// lets in-flight requests finish, and returns within `shutdown.drain_timeout` (plus the
+/// closing handshakes' own short timeout).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let (layer, incoming) = NodeLayer::from_config(&config).map_err(ServeError::Layer)?;
+    serve(listener, config, layer, incoming, shutdown).await
+}
+
+/// Like [`run`], on a layer built by the caller.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    layer: NodeLayer,
+    incoming: Incoming,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let routes = config.compiled_routes()?;
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let cancel = CancellationToken::new();
+    let connections = TaskTracker::new();
+    // Background tasks outlive the connections during a drain: leaving groups still
+    // needs the subscriptions task.
+    let background = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+    let subscriptions = Subscriptions::spawn(
+        hub.clone(),
+        layer.clone(),
+        &background,
+        stop_background.clone(),
+    );
+    background.spawn(pump(
+        incoming,
+        hub.clone(),
+        metrics.clone(),
+        stop_background.clone(),
+    ));
+    let tick_every = (config.heartbeat.interval / 2).max(Duration::from_millis(10));
+    let (tick_tx, ticker) = watch::channel(());
+    background.spawn(tick(tick_tx, tick_every, stop_background.clone()));
+
+    let mut api_keys: Vec<(String, String)> = config
+        .api
+        .keys
+        .iter()
+        .map(|(n, k)| (n.clone(), k.clone()))
+        .collect();
+    if let Some(key) = &config.api.key {
+        api_keys.push(("default".into(), key.clone()));
+    }
+    let drain = config.shutdown.drain_timeout;
+    let handshake_timeout = config.limits.handshake_timeout;
+    let state = Arc::new(AppState {
+        config,
+        routes,
+        hub,
+        layer,
+        subscriptions,
+        metrics,
+        shutdown: cancel.clone(),
+        tracker: connections.clone(),
+        ticker,
+        next_conn_id: AtomicU64::new(1),
+        api_keys,
+    });
+    let router = router(state.clone());
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(http_connection(stream, peer, router.clone(), cancel.clone(), handshake_timeout, drain));
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning; the error is
+                    // about this accept, not the listener.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    drop(listener);
+    cancel.cancel();
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed with connections still open");
+    }
+    stop_background.cancel();
+    background.close();
+    background.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/publish", post(api::publish))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/", get(assets::index))
+        .route("/herald.js", get(assets::client_js))
+        .fallback(ws::gateway)
+        .with_state(state)
+}
+
+async fn http_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    cancel: CancellationToken,
+    handshake_timeout: Duration,
+    drain: Duration,
+) {
+    // Small frames must leave at once; Nagle would hold them back.
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |mut req: Request<HyperBody>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        router.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(drain, conn).await;
+        }
+    }
+}
+
+/// Moves messages from the layer into the hub: the single delivery path.
+async fn pump(
+    mut incoming: Incoming,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let n = tokio::select! {
+            _ = stop.cancelled() => break,
+            n = incoming.recv_many(&mut batch, 256) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        Metrics::add(&metrics.messages_received, n as u64);
+        for message in batch.drain(..) {
+            hub.deliver(&message);
+        }
+    }
+}
+
+async fn tick(tx: watch::Sender<()>, every: Duration, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = interval.tick() => tx.send_replace(()),
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

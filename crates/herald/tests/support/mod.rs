@@ -1,0 +1,154 @@
+//! Shared harness of the server's integration tests: a real server on port 0, HTTP
+//! helpers, and the `herald` binary for process-level tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herald::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use herald_testkit::ws::{Received, V1Client, WsClient};
+
+/// A server running in this process on a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), herald::ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default configuration.
+    pub async fn start() -> Self {
+        Self::with_config(Config::default()).await
+    }
+
+    /// Starts a server with `config` (its `listen` is ignored: port 0 is used).
+    pub async fn with_config(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(herald::run(listener, config, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connects a plain client to the seed route of `user`.
+    pub async fn connect_user(&self, user: &str) -> WsClient {
+        WsClient::connect(&self.ws_url(&format!("/message/{user}/stream/")))
+            .await
+            .expect("connect")
+    }
+
+    /// `POST /api/publish` with a JSON body; returns (status, body).
+    pub async fn publish(&self, body: &str) -> (u16, serde_json::Value) {
+        let (status, text) = http(self.addr, "POST", "/api/publish", &[], body.as_bytes()).await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Stops the server and checks that `run` returns within 15 s.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("server stops within 15 s")
+                .expect("server task did not panic")
+                .expect("server returned Ok");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection; returns (status, body). Written
+/// by hand so tests can also send what no client library would.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    raw_http(addr, &bytes).await
+}
+
+/// Sends raw bytes and parses the response's status line and body.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("http response within 10 s");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The `herald` binary built for these tests.
+pub fn herald_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_herald")
+}
+
+/// Waits for `cond` to hold, polling every 20 ms, failing after `deadline`.
+pub async fn eventually<F: FnMut() -> bool>(deadline: Duration, what: &str, mut cond: F) {
+    let until = tokio::time::Instant::now() + deadline;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
