@@ -25,9 +25,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        // One line: parsers append their own location lines, which the key already says.
+        let message: String = message.into();
+        let message = message.lines().next().unwrap_or("").trim().to_string();
         Self {
             key: key.into(),
-            message: message.into(),
+            message,
         }
     }
 }
