@@ -6,13 +6,17 @@ mod support;
 use std::time::Duration;
 
 use herald::Config;
-use support::{http, raw_http, Received, TestServer};
+use support::{Received, TestServer, http, raw_http};
 
 /// Asserts `(status, body)` is an error with `code`.
 fn assert_error(result: &(u16, serde_json::Value), status: u16, code: &str) {
     assert_eq!(result.0, status, "{}", result.1);
     assert_eq!(result.1["error"], code, "{}", result.1);
-    assert!(result.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", result.1);
+    assert!(
+        result.1["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        result.1
+    );
 }
 
 #[tokio::test]
@@ -30,21 +34,42 @@ async fn every_error_path_answers_with_json_and_nothing_reaches_clients() {
         ("[]", "malformed_json"),
         (r#"{"group":"user.42"}"#, "invalid_request"),
         (r#"{"text":"x"}"#, "invalid_request"),
-        (r#"{"group":"user.42","text":"x","data":1}"#, "invalid_request"),
-        (r#"{"group":"user.42","groups":["user.42"],"text":"x"}"#, "invalid_request"),
+        (
+            r#"{"group":"user.42","text":"x","data":1}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"group":"user.42","groups":["user.42"],"text":"x"}"#,
+            "invalid_request",
+        ),
         (r#"{"groups":[],"text":"x"}"#, "invalid_request"),
         (r#"{"group":"user 42","text":"x"}"#, "invalid_group"),
         (r#"{"group":"","text":"x"}"#, "invalid_group"),
-        (r#"{"groups":["user.42","bad/name"],"text":"x"}"#, "invalid_group"),
+        (
+            r#"{"groups":["user.42","bad/name"],"text":"x"}"#,
+            "invalid_group",
+        ),
         (r#"{"group":"user.42","bytes":"***"}"#, "invalid_base64"),
         (r#"{"group":"user.42","text":5}"#, "malformed_json"),
-        (r#"{"group":"user.42","text":"x","extra":1}"#, "malformed_json"),
+        (
+            r#"{"group":"user.42","text":"x","extra":1}"#,
+            "malformed_json",
+        ),
         (r#"{"messages":[]}"#, "invalid_request"),
-        (r#"{"messages":[{"group":"user.42","text":"a"},{"group":"user.42","text":"b"},{"group":"user.42","text":"c"},{"group":"user.42","text":"d"}]}"#, "too_many_messages"),
+        (
+            r#"{"messages":[{"group":"user.42","text":"a"},{"group":"user.42","text":"b"},{"group":"user.42","text":"c"},{"group":"user.42","text":"d"}]}"#,
+            "too_many_messages",
+        ),
         // One bad element rejects the whole batch before anything is published.
-        (r#"{"messages":[{"group":"user.42","text":"ok"},{"group":"no such!","text":"x"}]}"#, "invalid_group"),
+        (
+            r#"{"messages":[{"group":"user.42","text":"ok"},{"group":"no such!","text":"x"}]}"#,
+            "invalid_group",
+        ),
         (r#"{"messages":[{"messages":[]}]}"#, "invalid_request"),
-        (r#"{"messages":[{"group":"user.42","text":"a"}],"group":"user.42"}"#, "invalid_request"),
+        (
+            r#"{"messages":[{"group":"user.42","text":"a"}],"group":"user.42"}"#,
+            "invalid_request",
+        ),
     ];
     for (body, code) in cases {
         let result = server.publish(body).await;
@@ -53,10 +78,20 @@ async fn every_error_path_answers_with_json_and_nothing_reaches_clients() {
     }
 
     // Deeply nested JSON is refused by the parser's depth limit, not by a stack overflow.
-    let nested = format!(r#"{{"group":"user.42","data":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+    let nested = format!(
+        r#"{{"group":"user.42","data":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let mut config_body = nested.into_bytes();
     config_body.truncate(4000);
-    assert_error(&server.publish(std::str::from_utf8(&config_body).unwrap()).await, 400, "malformed_json");
+    assert_error(
+        &server
+            .publish(std::str::from_utf8(&config_body).unwrap())
+            .await,
+        400,
+        "malformed_json",
+    );
     // Deep but valid `data` (within the body limit) is forwarded as it is; parsing it does
     // not recurse, so no depth blows the stack.
     let deep_data = format!("{}1{}", "[".repeat(2000), "]".repeat(2000));
@@ -78,11 +113,19 @@ async fn every_error_path_answers_with_json_and_nothing_reaches_clients() {
     assert_eq!(status, 405, "{body}");
     let (status, body) = http(server.addr, "GET", "/nope", &[], b"").await;
     assert_eq!(status, 404);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "not_found");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "not_found"
+    );
 
     // None of the above reached the client: the first frame it gets is this one.
-    server.publish(r#"{"group":"user.42","text":"first valid"}"#).await;
-    assert_eq!(client.recv().await.unwrap(), Received::Text("first valid".into()));
+    server
+        .publish(r#"{"group":"user.42","text":"first valid"}"#)
+        .await;
+    assert_eq!(
+        client.recv().await.unwrap(),
+        Received::Text("first valid".into())
+    );
     assert_eq!(deep_client.recv().await.unwrap(), Received::Text(deep_data));
     server.stop().await;
 }
@@ -94,13 +137,28 @@ async fn api_key_is_required_when_configured() {
     config.api.keys.insert("backend".into(), "other-key".into());
     let server = TestServer::with_config(config).await;
     let body = br#"{"group":"user.1","text":"x"}"#;
-    for headers in [vec![], vec![("Authorization", "Bearer wrong")], vec![("Authorization", "s3cr3t")], vec![("Authorization", "Bearer s3cr3")]] {
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "s3cr3t")],
+        vec![("Authorization", "Bearer s3cr3")],
+    ] {
         let (status, text) = http(server.addr, "POST", "/api/publish", &headers, body).await;
         assert_eq!(status, 401, "{headers:?}");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap()["error"], "unauthorized");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["error"],
+            "unauthorized"
+        );
     }
     for key in ["Bearer s3cr3t", "Bearer other-key"] {
-        let (status, text) = http(server.addr, "POST", "/api/publish", &[("Authorization", key)], body).await;
+        let (status, text) = http(
+            server.addr,
+            "POST",
+            "/api/publish",
+            &[("Authorization", key)],
+            body,
+        )
+        .await;
         assert_eq!(status, 200, "{text}");
     }
     server.stop().await;
@@ -126,7 +184,10 @@ async fn health_readiness_and_metrics() {
         "herald_frames_dropped_total 0",
         "herald_outbox_overflows_total 0",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
     }
     server.stop().await;
 }
@@ -136,22 +197,44 @@ async fn upgrade_checks_happen_before_the_upgrade() {
     let server = TestServer::start().await;
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let upgrade = |path: &str, version: &str, key: &str| {
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\r\n")
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
     };
     // Unknown path → 404 before any upgrade.
-    let (status, _) = raw_http(server.addr, upgrade("/message/42/other/", "13", key).as_bytes()).await;
+    let (status, _) = raw_http(
+        server.addr,
+        upgrade("/message/42/other/", "13", key).as_bytes(),
+    )
+    .await;
     assert_eq!(status, 404);
     // Percent-encoding tricks do not match a {name} segment.
-    let (status, _) = raw_http(server.addr, upgrade("/message/4%2F2/stream/", "13", key).as_bytes()).await;
+    let (status, _) = raw_http(
+        server.addr,
+        upgrade("/message/4%2F2/stream/", "13", key).as_bytes(),
+    )
+    .await;
     assert_eq!(status, 404);
     // A name that makes the group too long → 400.
     let long = "x".repeat(120);
-    let (status, body) = raw_http(server.addr, upgrade(&format!("/message/{long}/stream/"), "13", key).as_bytes()).await;
+    let (status, body) = raw_http(
+        server.addr,
+        upgrade(&format!("/message/{long}/stream/"), "13", key).as_bytes(),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     // Bad version → 426, bad key → 400, not an upgrade → 400.
-    let (status, _) = raw_http(server.addr, upgrade("/message/42/stream/", "8", key).as_bytes()).await;
+    let (status, _) = raw_http(
+        server.addr,
+        upgrade("/message/42/stream/", "8", key).as_bytes(),
+    )
+    .await;
     assert_eq!(status, 426);
-    let (status, _) = raw_http(server.addr, upgrade("/message/42/stream/", "13", "short").as_bytes()).await;
+    let (status, _) = raw_http(
+        server.addr,
+        upgrade("/message/42/stream/", "13", "short").as_bytes(),
+    )
+    .await;
     assert_eq!(status, 400);
     let (status, _) = http(server.addr, "GET", "/message/42/stream/", &[], b"").await;
     assert_eq!(status, 400);
@@ -194,18 +277,28 @@ async fn a_silent_peer_is_dropped_after_the_heartbeat_timeout() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read_all).await.expect("the silent peer is dropped");
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("the silent peer is dropped");
     let text = String::from_utf8_lossy(&seen);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     // It was pinged (0x89 = FIN + ping) before being dropped.
     assert!(seen.windows(2).any(|w| w == [0x89, 0x00]), "no ping seen");
     // The good client outlived it and still receives.
     for text in ["0", "1", "done"] {
-        server.publish(&format!(r#"{{"group":"user.1","text":"{text}"}}"#)).await;
+        server
+            .publish(&format!(r#"{{"group":"user.1","text":"{text}"}}"#))
+            .await;
     }
-    let texts = tokio::time::timeout(Duration::from_secs(10), good_reader).await.unwrap().unwrap();
+    let texts = tokio::time::timeout(Duration::from_secs(10), good_reader)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(texts, ["0", "1"]);
     let metrics = http(server.addr, "GET", "/metrics", &[], b"").await.1;
-    assert!(metrics.contains("herald_heartbeat_timeouts_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("herald_heartbeat_timeouts_total 1"),
+        "{metrics}"
+    );
     server.stop().await;
 }

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{herald_bin, WsClient};
+use support::{WsClient, herald_bin};
 
 /// A `herald serve` child process; killed on drop if still running.
 struct Served {
@@ -18,11 +18,18 @@ struct Served {
 impl Served {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(herald_bin());
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn herald");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -30,7 +37,9 @@ impl Served {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(10)).expect("herald prints its address within 10 s");
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("herald prints its address within 10 s");
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
@@ -41,7 +50,11 @@ impl Served {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -51,7 +64,10 @@ impl Served {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < until, "herald did not exit within {deadline:?}");
+            assert!(
+                std::time::Instant::now() < until,
+                "herald did not exit within {deadline:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -87,11 +103,21 @@ fn publish_cli(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process:
 #[tokio::test]
 async fn sigterm_closes_clients_with_1012_and_exits_0() {
     let mut served = Served::start(&[], &[]);
-    let mut a = WsClient::connect(&format!("ws://{}/message/42/stream/", served.addr)).await.unwrap();
-    let mut b = WsClient::connect(&format!("ws://{}/message/43/stream/", served.addr)).await.unwrap();
+    let mut a = WsClient::connect(&format!("ws://{}/message/42/stream/", served.addr))
+        .await
+        .unwrap();
+    let mut b = WsClient::connect(&format!("ws://{}/message/43/stream/", served.addr))
+        .await
+        .unwrap();
     served.signal("TERM");
-    assert_eq!(a.closed_within(Duration::from_secs(10)).await.unwrap(), 1012);
-    assert_eq!(b.closed_within(Duration::from_secs(10)).await.unwrap(), 1012);
+    assert_eq!(
+        a.closed_within(Duration::from_secs(10)).await.unwrap(),
+        1012
+    );
+    assert_eq!(
+        b.closed_within(Duration::from_secs(10)).await.unwrap(),
+        1012
+    );
     let status = served.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
 }
@@ -99,37 +125,71 @@ async fn sigterm_closes_clients_with_1012_and_exits_0() {
 #[tokio::test]
 async fn sigint_also_drains() {
     let mut served = Served::start(&[], &[]);
-    let mut a = WsClient::connect(&format!("ws://{}/message/1/stream/", served.addr)).await.unwrap();
+    let mut a = WsClient::connect(&format!("ws://{}/message/1/stream/", served.addr))
+        .await
+        .unwrap();
     served.signal("INT");
-    assert_eq!(a.closed_within(Duration::from_secs(10)).await.unwrap(), 1012);
+    assert_eq!(
+        a.closed_within(Duration::from_secs(10)).await.unwrap(),
+        1012
+    );
     assert_eq!(served.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
 
 #[tokio::test]
 async fn publish_cli_prints_the_offset_and_reports_errors() {
     let served = Served::start(&[], &[("HERALD_API_KEY", "k3y")]);
-    let mut client = WsClient::connect(&format!("ws://{}/message/42/stream/", served.addr)).await.unwrap();
+    let mut client = WsClient::connect(&format!("ws://{}/message/42/stream/", served.addr))
+        .await
+        .unwrap();
 
-    let out = publish_cli(&served.addr, &["--api-key", "k3y", "user.42", r#"{"msg":"from cli"}"#], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = publish_cli(
+        &served.addr,
+        &["--api-key", "k3y", "user.42", r#"{"msg":"from cli"}"#],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     assert_eq!(client.recv_text().await.unwrap(), r#"{"msg":"from cli"}"#);
 
     // Payload from stdin; binary.
-    let out = publish_cli(&served.addr, &["--api-key", "k3y", "user.42"], Some(b"piped text\n"));
+    let out = publish_cli(
+        &served.addr,
+        &["--api-key", "k3y", "user.42"],
+        Some(b"piped text\n"),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
     assert_eq!(client.recv_text().await.unwrap(), "piped text\n");
-    let out = publish_cli(&served.addr, &["--api-key", "k3y", "--binary", "user.42"], Some(&[0, 159, 255]));
+    let out = publish_cli(
+        &served.addr,
+        &["--api-key", "k3y", "--binary", "user.42"],
+        Some(&[0, 159, 255]),
+    );
     assert!(out.status.success());
-    assert_eq!(client.recv().await.unwrap(), support::Received::Binary(vec![0u8, 159, 255].into()));
+    assert_eq!(
+        client.recv().await.unwrap(),
+        support::Received::Binary(vec![0u8, 159, 255].into())
+    );
 
     // Errors: the server's message and a non-zero exit.
     let out = publish_cli(&served.addr, &["--api-key", "wrong", "user.42", "x"], None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("API key"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("API key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = publish_cli(&served.addr, &["--api-key", "k3y", "bad group", "x"], None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("group"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("group"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = publish_cli("127.0.0.1:1", &["user.42", "x"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
@@ -139,18 +199,32 @@ async fn publish_cli_prints_the_offset_and_reports_errors() {
 fn invalid_config_exits_2_naming_the_key() {
     let dir = std::env::temp_dir().join(format!("herald-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
-        ("[limits]\nmax_connections = \"many\"\n", &[], "limits.max_connections"),
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            "[limits]\nmax_connections = \"many\"\n",
+            &[],
+            "limits.max_connections",
+        ),
         ("[layer]\nkind = \"redis\"\n", &[], "layer.url"),
-        ("", &[("HERALD_HEARTBEAT_INTERVAL", "sometime")], "heartbeat.interval"),
-        ("[[routes]]\npath = \"/a/{id}/\"\ngroups = [\"x.{nope}\"]\n", &[], "routes[0]"),
+        (
+            "",
+            &[("HERALD_HEARTBEAT_INTERVAL", "sometime")],
+            "heartbeat.interval",
+        ),
+        (
+            "[[routes]]\npath = \"/a/{id}/\"\ngroups = [\"x.{nope}\"]\n",
+            &[],
+            "routes[0]",
+        ),
         ("listen = [", &[], "herald.toml"),
     ];
     for (i, (toml, env, key)) in cases.iter().enumerate() {
         let file = dir.join(format!("{i}-herald.toml"));
         std::fs::write(&file, toml).unwrap();
         let mut cmd = Command::new(herald_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&file);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&file);
         for (k, v) in *env {
             cmd.env(k, v);
         }
@@ -169,7 +243,13 @@ fn help_is_useful() {
     for word in ["serve", "publish", "/message/{user_id}/stream/"] {
         assert!(help.contains(word), "{word} in\n{help}");
     }
-    let out = Command::new(herald_bin()).args(["serve", "--help"]).output().unwrap();
+    let out = Command::new(herald_bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--config") && help.contains("--listen"), "{help}");
+    assert!(
+        help.contains("--config") && help.contains("--listen"),
+        "{help}"
+    );
 }

@@ -9,6 +9,7 @@ use herald::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[allow(unused_imports)]
 pub use herald_testkit::ws::{Received, V1Client, WsClient};
 
 /// A server running in this process on a free port.

@@ -1,0 +1,146 @@
+//! `RedisLayerConfig`: the settings of a Redis layer, with their defaults.
+
+use std::time::Duration;
+
+use herald_core::HistoryConfig;
+
+use crate::RedisLayerError;
+
+/// Longest history age accepted: Redis key TTLs beyond this are almost surely a mistake.
+const MAX_HISTORY_AGE: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Settings of a [`RedisLayer`](crate::RedisLayer).
+#[derive(Clone, Debug)]
+pub struct RedisLayerConfig {
+    /// The Redis server, `redis://[user:password@]host[:port][/db]`. Default
+    /// `redis://127.0.0.1:6379/0`. The database number applies to the history keys only:
+    /// pub/sub channels are server-wide in Redis, so deployments sharing one Redis must
+    /// use distinct prefixes, not just distinct databases.
+    pub url: String,
+    /// Prefix of every key and channel name (see the crate doc). Default `herald`. Nodes
+    /// share groups only when they use the same prefix on the same Redis.
+    pub prefix: String,
+    /// History bounds per group: `max_len` messages (default 1000) and `max_age`
+    /// (default 24 h), which is also the TTL of an idle group's keys.
+    pub history: HistoryConfig,
+    /// Capacity of the `Incoming` channel, in messages. Default 4096. When it is full the
+    /// subscriber stops reading from Redis until there is room; Redis holds the backlog
+    /// (and drops a subscriber that exceeds its `client-output-buffer-limit pubsub`, after
+    /// which the layer reconnects and clients recover the gap from history).
+    pub incoming_capacity: usize,
+    /// Longest a publish, history read or subscription confirmation waits for Redis
+    /// before failing with `LayerError::Unavailable`. Default 1 s.
+    pub command_timeout: Duration,
+    /// Longest one connection attempt may take. Default 1 s.
+    pub connect_timeout: Duration,
+    /// First delay between reconnection attempts; it doubles, with jitter, up to
+    /// `reconnect_max_delay`. Default 50 ms.
+    pub reconnect_min_delay: Duration,
+    /// Longest delay between reconnection attempts. Default 2 s.
+    pub reconnect_max_delay: Duration,
+    /// How often an idle subscriber connection is checked with `PING`; it is declared
+    /// lost after two intervals without any answer. Default 5 s.
+    pub health_check_interval: Duration,
+}
+
+impl Default for RedisLayerConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".to_owned(),
+            prefix: "herald".to_owned(),
+            history: HistoryConfig::default(),
+            incoming_capacity: 4096,
+            command_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_secs(2),
+            health_check_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisLayerConfig {
+    /// The defaults, with `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key and channel prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the history bounds.
+    pub fn with_history(mut self, history: HistoryConfig) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// Sets the capacity of the `Incoming` channel.
+    pub fn with_incoming_capacity(mut self, capacity: usize) -> Self {
+        self.incoming_capacity = capacity;
+        self
+    }
+
+    /// Checks the settings that the URL parser does not.
+    pub(crate) fn validate(&self) -> Result<(), RedisLayerError> {
+        let fail = |why| Err(RedisLayerError::InvalidConfig(why));
+        if self.prefix.is_empty() {
+            return fail("prefix must not be empty");
+        }
+        if self
+            .prefix
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return fail("prefix must not contain whitespace or control characters");
+        }
+        if self.incoming_capacity == 0 {
+            return fail("incoming_capacity must be at least 1");
+        }
+        if self.history.max_age.is_zero() || self.history.max_age > MAX_HISTORY_AGE {
+            return fail("history.max_age must be between 1 ms and 10 years");
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return fail("command_timeout and connect_timeout must be positive");
+        }
+        if self.reconnect_min_delay.is_zero() || self.reconnect_min_delay > self.reconnect_max_delay
+        {
+            return fail("reconnect delays must be positive, min <= max");
+        }
+        if self.health_check_interval.is_zero() {
+            return fail("health_check_interval must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RedisLayerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_out_of_range() {
+        let bad = [
+            RedisLayerConfig::default().with_prefix(""),
+            RedisLayerConfig::default().with_prefix("a b"),
+            RedisLayerConfig::default().with_incoming_capacity(0),
+            RedisLayerConfig::default().with_history(HistoryConfig {
+                max_len: 1,
+                max_age: Duration::ZERO,
+            }),
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+}

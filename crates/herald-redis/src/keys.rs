@@ -1,0 +1,83 @@
+//! `Keys`: the only place that spells Redis key and channel names.
+//!
+//! Every name is `{prefix}:{{{group}}}:{kind}`. The braces make the group a Redis Cluster
+//! hash tag, so one group's keys and channel always live on one shard; a group name can
+//! contain neither `{`, `}` nor `:` (see `GroupName`), so a name parses back unambiguously.
+
+use herald_core::GroupName;
+
+/// Builds the names of one layer's keys and channels from its prefix.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+/// Suffix of the hash holding a group's epoch (`e`) and last offset (`o`).
+const META: &str = "meta";
+/// Suffix of the stream holding a group's history.
+const STREAM: &str = "stream";
+/// Suffix of the pub/sub channel carrying a group's messages.
+const CHANNEL: &str = "ch";
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The hash with the group's epoch and last offset.
+    pub(crate) fn meta(&self, group: &GroupName) -> String {
+        self.name(group, META)
+    }
+
+    /// The stream with the group's recent messages.
+    pub(crate) fn stream(&self, group: &GroupName) -> String {
+        self.name(group, STREAM)
+    }
+
+    /// The pub/sub channel the group's messages are published on.
+    pub(crate) fn channel(&self, group: &GroupName) -> String {
+        self.name(group, CHANNEL)
+    }
+
+    /// The group name inside a channel name, if it is one of this prefix's channels.
+    /// Not validated: callers look it up among the groups they subscribed to.
+    pub(crate) fn group_name_of_channel<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?;
+        let rest = rest.strip_prefix(b":{")?;
+        let name = rest.strip_suffix(b"}:ch")?;
+        std::str::from_utf8(name).ok()
+    }
+
+    fn name(&self, group: &GroupName, kind: &str) -> String {
+        format!("{}:{{{group}}}:{kind}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_the_group_hash_tag() {
+        let keys = Keys::new("herald");
+        let g = GroupName::new("user.42").unwrap();
+        assert_eq!(keys.meta(&g), "herald:{user.42}:meta");
+        assert_eq!(keys.stream(&g), "herald:{user.42}:stream");
+        assert_eq!(keys.channel(&g), "herald:{user.42}:ch");
+    }
+
+    #[test]
+    fn channels_parse_back() {
+        let keys = Keys::new("app:herald");
+        let g = GroupName::new("news-feed.EU").unwrap();
+        let channel = keys.channel(&g);
+        assert_eq!(
+            keys.group_name_of_channel(channel.as_bytes()),
+            Some("news-feed.EU")
+        );
+        assert_eq!(keys.group_name_of_channel(b"other:{g}:ch"), None);
+        assert_eq!(keys.group_name_of_channel(b"app:herald:{g}:meta"), None);
+    }
+}

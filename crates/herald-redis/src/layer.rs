@@ -1,0 +1,380 @@
+//! `RedisLayer`: the `Layer` implementation and the state its handles share with the
+//! supervisor task.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use herald_core::{GroupName, History, Incoming, Layer, LayerError, Message, Payload, Position};
+use redis::ConnectionAddr;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::Keys;
+use crate::scripts::{self, Limits, ScriptError};
+use crate::subscriber::{self, SubscriberWriter};
+use crate::{RedisLayerConfig, RedisLayerError, supervisor};
+
+/// Most messages sent in one script call by `publish_batch`: bounds how long one call
+/// keeps Redis busy, and the size of one request.
+const BATCH_CHUNK: usize = 256;
+
+/// A layer backed by Redis: any number of herald nodes on one Redis (and one prefix)
+/// share groups. Clones share the connections; dropping the last clone (or calling
+/// [`close`](Self::close)) stops the background task.
+#[derive(Clone)]
+pub struct RedisLayer {
+    inner: Arc<Inner>,
+}
+
+/// Owned by the handles only: its drop is what stops the supervisor.
+struct Inner {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The supervisor holds `shared` but not `Inner`: this fires when the last handle goes.
+        self.cancel.cancel();
+    }
+}
+
+/// State shared by the handles and the supervisor task.
+pub(crate) struct Shared {
+    pub(crate) config: RedisLayerConfig,
+    pub(crate) client: redis::Client,
+    pub(crate) keys: Keys,
+    limits: Limits,
+    pub(crate) tx: mpsc::Sender<Message>,
+    /// The groups this node wants delivered, whatever the connection state: the truth the
+    /// subscriber connection is brought in line with.
+    wanted: Mutex<HashSet<GroupName>>,
+    /// The command connection of the current session and that session's number; `None`
+    /// while disconnected, which makes commands fail fast.
+    command: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The subscriber connection's write half, `None` while disconnected. An async lock:
+    /// it is held across the write of a command so commands go out one at a time.
+    pub(crate) subscriber: tokio::sync::Mutex<Option<SubscriberWriter>>,
+    ready: AtomicBool,
+    /// Numbers the sessions, so that a failure seen on an old connection cannot end a
+    /// newer one.
+    session: AtomicU64,
+    /// The session whose command connection last failed.
+    lost_session: AtomicU64,
+    /// Wakes the read loop when `lost_session` was set.
+    pub(crate) command_lost: Notify,
+    pub(crate) stats: Counters,
+}
+
+/// Counters of a [`RedisLayer`], for metrics. All are totals since the layer was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Connections re-established after a loss.
+    pub reconnects: u64,
+    /// Connection attempts that failed.
+    pub connect_failures: u64,
+    /// Messages received from Redis for wanted groups.
+    pub received: u64,
+    /// Pub/sub frames or envelopes that could not be decoded and were skipped.
+    pub decode_errors: u64,
+    /// Publish and history calls answered with `LayerError::Unavailable`.
+    pub unavailable: u64,
+}
+
+/// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn increment(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) reconnects: Counter,
+    pub(crate) connect_failures: Counter,
+    pub(crate) received: Counter,
+    pub(crate) decode_errors: Counter,
+    pub(crate) unavailable: Counter,
+}
+
+impl RedisLayer {
+    /// Builds the layer and the stream of messages for the groups it subscribes to.
+    ///
+    /// Fails only on an invalid configuration. The connections are made in the
+    /// background: until they are up, [`is_ready`](Layer::is_ready) is `false` and
+    /// publishing fails with `LayerError::Unavailable`. Must be called inside a Tokio
+    /// runtime (the background task is spawned on it).
+    pub fn new(config: RedisLayerConfig) -> Result<(Self, Incoming), RedisLayerError> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| RedisLayerError::InvalidUrl(Box::new(e)))?;
+        match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(..) => {}
+            other => return Err(RedisLayerError::UnsupportedAddress(other.to_string())),
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            RedisLayerError::InvalidConfig("RedisLayer::new must be called inside a Tokio runtime")
+        })?;
+        let (tx, rx) = mpsc::channel(config.incoming_capacity);
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&config.prefix),
+            limits: Limits::new(config.history.max_age, config.history.max_len),
+            client,
+            tx,
+            wanted: Mutex::default(),
+            command: Mutex::default(),
+            subscriber: tokio::sync::Mutex::default(),
+            ready: AtomicBool::new(false),
+            session: AtomicU64::new(0),
+            lost_session: AtomicU64::new(0),
+            command_lost: Notify::new(),
+            stats: Counters::default(),
+            config,
+        });
+        let cancel = CancellationToken::new();
+        let task = runtime.spawn(supervisor::run(shared.clone(), cancel.clone()));
+        let inner = Arc::new(Inner {
+            shared,
+            cancel,
+            task: Mutex::new(Some(task)),
+        });
+        Ok((Self { inner }, rx))
+    }
+
+    /// Stops the background task and closes the connections; waits until they are
+    /// closed. Afterwards every call fails with `LayerError::Closed`. Idempotent.
+    pub async fn close(&self) {
+        self.inner.cancel.cancel();
+        let task = lock(&self.inner.task).take();
+        if let Some(task) = task {
+            // The task stops at its next await point; an error means it panicked, which
+            // it already reported.
+            let _ = task.await;
+        }
+    }
+
+    /// The layer's counters.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.shared.stats;
+        RedisStats {
+            reconnects: c.reconnects.get(),
+            connect_failures: c.connect_failures.get(),
+            received: c.received.get(),
+            decode_errors: c.decode_errors.get(),
+            unavailable: c.unavailable.get(),
+        }
+    }
+
+    /// The groups this node currently wants delivered (applied to Redis as soon as it is
+    /// reachable), sorted.
+    pub fn subscribed_groups(&self) -> Vec<GroupName> {
+        let mut groups: Vec<GroupName> = self.inner.shared.wanted_snapshot().into_iter().collect();
+        groups.sort();
+        groups
+    }
+
+    fn check_open(&self) -> Result<(), LayerError> {
+        if self.inner.cancel.is_cancelled() {
+            Err(LayerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Publishes up to one chunk in one script call.
+    async fn publish_chunk(
+        &self,
+        items: &[(GroupName, Payload)],
+    ) -> Result<Vec<Position>, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = scripts::publish(&mut conn, &shared.keys, shared.limits, items);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(positions)) => Ok(positions),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+}
+
+impl fmt::Debug for RedisLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.inner.shared;
+        f.debug_struct("RedisLayer")
+            .field("prefix", &shared.config.prefix)
+            .field("ready", &shared.ready.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Layer for RedisLayer {
+    async fn publish(&self, group: &GroupName, payload: Payload) -> Result<Position, LayerError> {
+        let mut positions = self.publish_chunk(&[(group.clone(), payload)]).await?;
+        // The script returns one position per message; `publish_chunk` checked the count.
+        positions
+            .pop()
+            .ok_or_else(|| LayerError::Unavailable("redis returned no position".to_owned()))
+    }
+
+    /// Publishes in script calls of up to 256 messages, each one round trip; the
+    /// messages of one call are published all together or not at all.
+    async fn publish_batch(
+        &self,
+        items: Vec<(GroupName, Payload)>,
+    ) -> Result<Vec<Position>, (usize, LayerError)> {
+        let mut positions = Vec::with_capacity(items.len());
+        for chunk in items.chunks(BATCH_CHUNK) {
+            match self.publish_chunk(chunk).await {
+                Ok(mut done) => positions.append(&mut done),
+                Err(e) => return Err((positions.len(), e)),
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Records the group as wanted and, when connected, waits until Redis confirmed the
+    /// subscription. While Redis is unreachable it returns `Ok` at once: the subscription
+    /// is made on reconnect, and messages published meanwhile are found in history.
+    /// If no confirmation comes within `command_timeout` (Redis hangs, or `Incoming` is
+    /// full and unread, which pauses the subscriber connection), it fails with
+    /// `Unavailable`; the group stays wanted and is subscribed when Redis catches up.
+    async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {
+        self.check_open()?;
+        lock(&self.inner.shared.wanted).insert(group.clone());
+        subscriber::apply(&self.inner.shared, group).await
+    }
+
+    /// Records the group as unwanted (nothing more is delivered for it from now on) and,
+    /// when connected, waits until Redis confirmed it.
+    async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
+        self.check_open()?;
+        lock(&self.inner.shared.wanted).remove(group);
+        subscriber::apply(&self.inner.shared, group).await
+    }
+
+    async fn history(
+        &self,
+        group: &GroupName,
+        since: Option<&Position>,
+    ) -> Result<History, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = scripts::history(&mut conn, &shared.keys, shared.limits, group, since);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(history)) => Ok(history),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.inner.cancel.is_cancelled() && self.inner.shared.ready.load(Ordering::Acquire)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a single insert, remove or swap: a panic cannot leave
+    // the value half-updated, so a poisoned lock is taken over.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn is_wanted(&self, group: &GroupName) -> bool {
+        lock(&self.wanted).contains(group)
+    }
+
+    pub(crate) fn wanted_snapshot(&self) -> HashSet<GroupName> {
+        lock(&self.wanted).clone()
+    }
+
+    /// The wanted group a channel belongs to, sharing the stored name (no allocation).
+    pub(crate) fn wanted_group_of_channel(&self, channel: &[u8]) -> Option<GroupName> {
+        let name = self.keys.group_name_of_channel(channel)?;
+        lock(&self.wanted).get(name).cloned()
+    }
+
+    pub(crate) fn set_ready(&self) {
+        // Release: pairs with the Acquire in `is_ready`.
+        if !self.ready.swap(true, Ordering::Release) {
+            tracing::debug!(prefix = %self.config.prefix, "redis layer ready");
+        }
+    }
+
+    /// Installs a new session's command connection; returns the session number.
+    pub(crate) fn install_command(&self, conn: MultiplexedConnection) -> u64 {
+        // Relaxed: the number is only compared, and it is published under the mutex below.
+        let session = self.session.fetch_add(1, Ordering::Relaxed) + 1;
+        *lock(&self.command) = Some((session, conn));
+        session
+    }
+
+    /// Marks everything disconnected: commands fail fast and subscriptions are recorded
+    /// only, until the next session.
+    pub(crate) async fn go_down(&self) {
+        self.ready.store(false, Ordering::Release);
+        lock(&self.command).take();
+        // Dropping the writer drops the queued answers, which releases their waiters.
+        self.subscriber.lock().await.take();
+    }
+
+    pub(crate) fn lost_session(&self) -> u64 {
+        self.lost_session.load(Ordering::Acquire)
+    }
+
+    fn command_connection(&self) -> Result<(u64, MultiplexedConnection), LayerError> {
+        // A clone shares the one multiplexed connection.
+        match lock(&self.command).as_ref() {
+            Some((session, conn)) => Ok((*session, conn.clone())),
+            None => {
+                self.stats.unavailable.increment();
+                Err(LayerError::Unavailable("not connected to redis".to_owned()))
+            }
+        }
+    }
+
+    /// Turns a failed script call into the caller's error, and tells the supervisor when
+    /// the connection itself is broken so it reconnects without waiting for the read side.
+    fn command_failed(&self, session: u64, error: ScriptError) -> LayerError {
+        self.stats.unavailable.increment();
+        match &error {
+            ScriptError::Redis(e)
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
+            {
+                tracing::debug!(prefix = %self.config.prefix, error = %e, "redis command connection lost");
+                self.lost_session.store(session, Ordering::Release);
+                self.command_lost.notify_one();
+            }
+            // Anything else is a Redis-side refusal (OOM, LOADING, READONLY) or a bug in a
+            // script: worth seeing in the log.
+            _ => {
+                tracing::warn!(prefix = %self.config.prefix, error = %error, "redis command failed")
+            }
+        }
+        LayerError::Unavailable(error.to_string())
+    }
+
+    fn timed_out(&self) -> LayerError {
+        self.stats.unavailable.increment();
+        LayerError::Unavailable(format!(
+            "redis did not answer within {:?}",
+            self.config.command_timeout
+        ))
+    }
+}

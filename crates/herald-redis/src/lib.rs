@@ -1,0 +1,84 @@
+//! herald's Redis layer: any number of herald nodes share groups through one Redis.
+//!
+//! [`RedisLayer`] implements [`herald_core::Layer`] and passes the same conformance suite
+//! as the in-memory layer. Membership stays node-local (the server's hub); Redis moves
+//! messages between nodes and keeps each group's bounded history.
+//!
+//! # How it works
+//!
+//! - **Publish** is one round trip: a Lua script (`EVALSHA`) creates the group's epoch if
+//!   it has none, increments its offset, appends the message to its history stream
+//!   (trimmed to `history.max_len`), refreshes the TTL of the group's keys to
+//!   `history.max_age`, and `PUBLISH`es an envelope on the group's channel.
+//! - **History** is one atomic script call too, so the current position and the messages
+//!   come from one instant. Messages older than `history.max_age` are not part of it.
+//! - **Delivery**: one dedicated subscriber connection (RESP2 pub/sub) per layer, which
+//!   `SUBSCRIBE`s to the channel of each group this node wants. Frames are read only when
+//!   `Incoming` has room, so a slow reader leaves the backlog in Redis, not in herald.
+//! - **Commands** (publish, history) share one multiplexed connection.
+//! - **Failures**: while Redis is unreachable, `is_ready()` is `false`, publish and
+//!   history fail at once with `LayerError::Unavailable` (or after `command_timeout` if
+//!   Redis hangs), and `subscribe`/`unsubscribe` only record the wanted set. A supervisor
+//!   task reconnects with jittered exponential backoff (50 ms doubling up to 2 s by
+//!   default) and re-subscribes every wanted group before reporting ready again. Messages
+//!   published while a node was disconnected are not delivered live to it; clients
+//!   recover them from history. If Redis lost its data (restart without persistence,
+//!   `FLUSHALL`, expiry), the next publish or history call starts a new epoch with offsets
+//!   from 1, and resuming clients are told `recovered: false`.
+//!
+//! ## Redis keys and channels
+//!
+//! All names start with the configured prefix (default `herald`) and put the group in a
+//! `{hash tag}`, so that a group's keys and channel share a Redis Cluster slot (for a
+//! later sharded mode). The names are built in one place, `keys.rs`.
+//!
+//! | name | type | content | TTL |
+//! |---|---|---|---|
+//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message | `history.max_age`, refreshed by each publish; set when `history` creates the epoch |
+//! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries | `history.max_age`, refreshed by each publish |
+//! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
+//!
+//! With the defaults, group `user.42` uses `herald:{user.42}:meta`,
+//! `herald:{user.42}:stream` and `herald:{user.42}:ch`. Nothing else is stored: which
+//! nodes subscribe to what lives only in Redis' pub/sub state, which vanishes with the
+//! connection, so a crashed node leaks nothing. An idle group's history and epoch expire
+//! together.
+//!
+//! The envelope (see `envelope.rs`) is `0x01 | kind | offset ':' epoch '\n' | payload`:
+//! a version byte first, the payload last and never escaped.
+//!
+//! # Why the `redis` crate
+//!
+//! `redis` (redis-rs) is the most used Rust client; its multiplexed connection and
+//! `Script` (EVALSHA with a NOSCRIPT fallback) cover the command side with only the
+//! `tokio-comp` and `script` features. `fred` would bring its own reconnection and pool
+//! policy that this layer needs to control itself (fail fast while down, re-subscribe on
+//! its terms). Neither client's pub/sub reader applies backpressure (both queue
+//! received messages without bound), so the subscriber connection is a small hand-driven
+//! RESP2 reader (`resp.rs`, `subscriber.rs`).
+//!
+//! Requires Redis 5 or newer (scripts that call `TIME` before writing).
+//!
+//! # Layout
+//!
+//! - `layer.rs`: [`RedisLayer`], its `Layer` impl and the state shared with the task.
+//! - `supervisor.rs`: the task that connects, reconnects and re-subscribes.
+//! - `subscriber.rs`: the subscriber connection: handshake, commands, read loop.
+//! - `scripts.rs`: the publish and history Lua scripts and their replies.
+//! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
+//! - `config.rs`, `error.rs`: [`RedisLayerConfig`] and [`RedisLayerError`].
+
+mod backoff;
+mod config;
+mod envelope;
+mod error;
+mod keys;
+mod layer;
+mod resp;
+mod scripts;
+mod subscriber;
+mod supervisor;
+
+pub use config::RedisLayerConfig;
+pub use error::RedisLayerError;
+pub use layer::{RedisLayer, RedisStats};

@@ -1,0 +1,418 @@
+//! The subscriber connection: its handshake, the (un)subscribe commands written to it, and
+//! the read loop that turns its frames into `Incoming` messages.
+//!
+//! Writes and reads are split. Callers of `subscribe`/`unsubscribe` write through
+//! [`SubscriberWriter`] (one at a time, under an async lock); the read loop, run by the
+//! supervisor, owns the read half. Redis answers commands in order, so each write queues
+//! what its answers mean ([`Reply`]) before the bytes go out, and the read loop pops one
+//! entry per answer.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use herald_core::{GroupName, LayerError};
+use redis::{ConnectionAddr, ConnectionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope;
+use crate::layer::Shared;
+use crate::resp::{self, Frame};
+
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What one expected answer on the subscriber connection means.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Nobody waits for it (re-subscription after a reconnect, health-check pings).
+    Ignore,
+    /// A caller waits for it: its command, and everything before it, took effect.
+    Notify(oneshot::Sender<()>),
+    /// The re-subscription after a connect is complete: the layer is ready.
+    Ready,
+}
+
+type Replies = Arc<Mutex<VecDeque<Reply>>>;
+
+fn lock(replies: &Replies) -> MutexGuard<'_, VecDeque<Reply>> {
+    // The queue holds no invariant a panic could break half-way: take it over.
+    replies
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The write half of the current subscriber connection and what it is subscribed to.
+#[derive(Debug)]
+pub(crate) struct SubscriberWriter {
+    write: OwnedWriteHalf,
+    /// The groups SUBSCRIBEd on this connection (by commands already written).
+    applied: HashSet<GroupName>,
+    replies: Replies,
+    timeout: Duration,
+}
+
+/// The read half of the current subscriber connection.
+#[derive(Debug)]
+pub(crate) struct SubscriberReader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    replies: Replies,
+}
+
+/// How a read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The connection (or the command connection) is gone: reconnect.
+    Lost,
+    /// The layer is shutting down.
+    Closed,
+}
+
+impl SubscriberWriter {
+    /// Queues the meaning of the answers, then writes `bytes`.
+    async fn send(
+        &mut self,
+        bytes: &[u8],
+        replies: impl IntoIterator<Item = Reply>,
+    ) -> Result<(), String> {
+        // Queue first: the read loop may see the answer before `write_all` returns.
+        lock(&self.replies).extend(replies);
+        match tokio::time::timeout(self.timeout, self.write.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("writing to the subscriber connection: {e}")),
+            Err(_) => Err("the subscriber connection stopped accepting writes".to_owned()),
+        }
+    }
+
+    /// Subscribes a fresh connection to every group in `groups`, followed by a `PING`
+    /// whose answer marks the layer ready.
+    pub(crate) async fn resubscribe(
+        &mut self,
+        keys: &crate::keys::Keys,
+        groups: HashSet<GroupName>,
+    ) -> Result<(), String> {
+        // One SUBSCRIBE per channel, pipelined in one write: each command then has exactly
+        // one answer (its confirmation or its error), which keeps the reply queue aligned
+        // even if Redis refuses some channel (e.g. an ACL rule).
+        let mut bytes = Vec::new();
+        let mut replies = Vec::with_capacity(groups.len() + 1);
+        for group in &groups {
+            let channel = keys.channel(group);
+            bytes.extend(resp::command([&b"SUBSCRIBE"[..], channel.as_bytes()]));
+            replies.push(Reply::Ignore);
+        }
+        bytes.extend(resp::command([&b"PING"[..]]));
+        replies.push(Reply::Ready);
+        self.send(&bytes, replies).await?;
+        self.applied = groups;
+        Ok(())
+    }
+}
+
+/// Opens the subscriber connection and authenticates it.
+pub(crate) async fn connect(
+    info: &ConnectionInfo,
+    timeout: Duration,
+) -> Result<(SubscriberReader, SubscriberWriter), String> {
+    let ConnectionAddr::Tcp(host, port) = info.addr() else {
+        // `RedisLayer::new` accepts plain TCP addresses only.
+        return Err("only plain TCP addresses are supported".to_owned());
+    };
+    let stream = TcpStream::connect((host.as_str(), *port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    // Subscription commands are small and latency-bound.
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
+    let (read, write) = stream.into_split();
+    let replies = Replies::default();
+    let mut reader = SubscriberReader {
+        read,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        replies: replies.clone(),
+    };
+    let mut writer = SubscriberWriter {
+        write,
+        applied: HashSet::new(),
+        replies,
+        timeout,
+    };
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(user) = settings.username() {
+            args.push(user.as_bytes());
+        }
+        args.push(password.as_bytes());
+        writer
+            .write
+            .write_all(&resp::command(args))
+            .await
+            .map_err(|e| format!("sending AUTH: {e}"))?;
+        match reader.next_frame().await? {
+            Frame::Simple(ok) if ok.eq_ignore_ascii_case(b"OK") => {}
+            Frame::Error(e) => {
+                return Err(format!("AUTH refused: {}", String::from_utf8_lossy(&e)));
+            }
+            other => return Err(format!("unexpected AUTH answer {other:?}")),
+        }
+    }
+    Ok((reader, writer))
+}
+
+impl SubscriberReader {
+    /// Reads until one whole frame is buffered (handshake only; the read loop has its own).
+    async fn next_frame(&mut self) -> Result<Frame, String> {
+        loop {
+            if let Some(frame) = resp::parse(&mut self.buf).map_err(|e| e.to_string())? {
+                return Ok(frame);
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.read.read_buf(&mut self.buf).await {
+                Ok(0) => return Err("redis closed the connection".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading from redis: {e}")),
+            }
+        }
+    }
+}
+
+/// Brings the current subscriber connection in line with whether `group` is wanted, and
+/// waits until Redis confirmed it.
+///
+/// All callers go through one async lock and each reads the wanted state under it, so
+/// concurrent subscribe/unsubscribe calls on one group leave Redis in the state of the
+/// last call, whatever order their commands were issued in. When nothing changes, a
+/// `PING` stands in: its answer comes after those of every earlier command, so a second
+/// `subscribe` does not return before the first one's SUBSCRIBE took effect.
+pub(crate) async fn apply(shared: &Shared, group: &GroupName) -> Result<(), LayerError> {
+    let (done, session_writer_failed) = {
+        let mut slot = shared.subscriber.lock().await;
+        let Some(writer) = slot.as_mut() else {
+            // Not connected: the wanted set is recorded and applied on reconnect.
+            return Ok(());
+        };
+        let wanted = shared.is_wanted(group);
+        let verb: &[u8] = match (wanted, writer.applied.contains(group)) {
+            (true, false) => {
+                writer.applied.insert(group.clone());
+                b"SUBSCRIBE"
+            }
+            (false, true) => {
+                writer.applied.remove(group);
+                b"UNSUBSCRIBE"
+            }
+            _ => b"PING",
+        };
+        let channel = shared.keys.channel(group);
+        let bytes = if verb == b"PING" {
+            resp::command([verb])
+        } else {
+            resp::command([verb, channel.as_bytes()])
+        };
+        let (tx, rx) = oneshot::channel();
+        let failed = writer.send(&bytes, [Reply::Notify(tx)]).await.err();
+        (rx, failed)
+    };
+    if let Some(why) = session_writer_failed {
+        // The connection is broken; the supervisor will notice on the read side and the
+        // reconnect applies the wanted set.
+        tracing::debug!(%group, why, "subscription write failed; applied on reconnect");
+        return Ok(());
+    }
+    match tokio::time::timeout(shared.config.command_timeout, done).await {
+        Ok(Ok(())) => Ok(()),
+        // The connection dropped before answering: the reconnect applies the wanted set.
+        Ok(Err(_)) => Ok(()),
+        Err(_) => Err(LayerError::Unavailable(format!(
+            "redis did not confirm the subscription change within {:?}; it stays recorded",
+            shared.config.command_timeout
+        ))),
+    }
+}
+
+/// Reads the subscriber connection until it is lost or the layer closes, delivering
+/// messages to `Incoming` and resolving the waiters of (un)subscribe commands.
+pub(crate) async fn read_loop(
+    shared: &Shared,
+    reader: &mut SubscriberReader,
+    session: u64,
+    cancel: &CancellationToken,
+) -> End {
+    let interval = shared.config.health_check_interval;
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        loop {
+            match resp::parse(&mut reader.buf) {
+                Ok(Some(frame)) => {
+                    if handle_frame(shared, &reader.replies, frame, cancel).await
+                        == Some(End::Closed)
+                    {
+                        return End::Closed;
+                    }
+                    // Waiting on a full `Incoming` is not silence from Redis.
+                    last_heard = Instant::now();
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(prefix = %shared.config.prefix, error = %e, "garbled subscriber connection; reconnecting");
+                    return End::Lost;
+                }
+            }
+        }
+        reader.buf.reserve(READ_CHUNK);
+        tokio::select! {
+            _ = cancel.cancelled() => return End::Closed,
+            _ = shared.command_lost.notified() => {
+                if shared.lost_session() == session {
+                    return End::Lost;
+                }
+            }
+            _ = tick.tick() => {
+                let quiet = last_heard.elapsed();
+                if quiet >= interval * 2 {
+                    tracing::warn!(prefix = %shared.config.prefix, ?quiet, "redis stopped answering; reconnecting");
+                    return End::Lost;
+                }
+                if quiet >= interval && ping(shared).await.is_err() {
+                    return End::Lost;
+                }
+            }
+            // `read_buf` is cancel-safe: losing the race to another branch reads nothing.
+            read = reader.read.read_buf(&mut reader.buf) => match read {
+                Ok(0) => {
+                    tracing::warn!(prefix = %shared.config.prefix, "redis closed the subscriber connection");
+                    return End::Lost;
+                }
+                Ok(_) => last_heard = Instant::now(),
+                Err(e) => {
+                    tracing::warn!(prefix = %shared.config.prefix, error = %e, "subscriber connection failed");
+                    return End::Lost;
+                }
+            },
+        }
+    }
+}
+
+/// A health-check `PING` whose answer nobody waits for: any answer counts as life.
+async fn ping(shared: &Shared) -> Result<(), String> {
+    let mut slot = shared.subscriber.lock().await;
+    match slot.as_mut() {
+        Some(writer) => {
+            writer
+                .send(&resp::command([&b"PING"[..]]), [Reply::Ignore])
+                .await
+        }
+        None => Err("no subscriber connection".to_owned()),
+    }
+}
+
+/// Handles one frame; `Some(End::Closed)` when the layer closed while waiting for room.
+async fn handle_frame(
+    shared: &Shared,
+    replies: &Replies,
+    frame: Frame,
+    cancel: &CancellationToken,
+) -> Option<End> {
+    match frame {
+        Frame::Array(Some(items)) => {
+            let mut items = items.into_iter();
+            let kind = match items.next() {
+                Some(Frame::Bulk(Some(kind))) => kind,
+                other => {
+                    tracing::debug!(?other, "unexpected frame on the subscriber connection");
+                    return None;
+                }
+            };
+            match &kind[..] {
+                b"message" => match (items.next(), items.next()) {
+                    (Some(Frame::Bulk(Some(channel))), Some(Frame::Bulk(Some(data)))) => {
+                        deliver(shared, &channel, data, cancel).await
+                    }
+                    _ => {
+                        shared.stats.decode_errors.increment();
+                        tracing::warn!("malformed pub/sub message frame skipped");
+                        None
+                    }
+                },
+                b"subscribe" | b"unsubscribe" | b"pong" => {
+                    answer(shared, replies);
+                    None
+                }
+                other => {
+                    tracing::debug!(kind = %String::from_utf8_lossy(other), "unexpected push on the subscriber connection");
+                    None
+                }
+            }
+        }
+        // With no channel subscribed, Redis answers PING outside pub/sub framing.
+        Frame::Simple(pong) if pong.eq_ignore_ascii_case(b"PONG") => {
+            answer(shared, replies);
+            None
+        }
+        Frame::Error(e) => {
+            tracing::warn!(prefix = %shared.config.prefix, error = %String::from_utf8_lossy(&e), "redis refused a subscriber command");
+            answer(shared, replies);
+            None
+        }
+        other => {
+            tracing::debug!(?other, "unexpected frame on the subscriber connection");
+            None
+        }
+    }
+}
+
+/// Resolves the oldest pending answer.
+fn answer(shared: &Shared, replies: &Replies) {
+    let reply = lock(replies).pop_front();
+    match reply {
+        // The caller may have given up waiting; nothing to do then.
+        Some(Reply::Notify(tx)) => {
+            let _ = tx.send(());
+        }
+        Some(Reply::Ready) => shared.set_ready(),
+        Some(Reply::Ignore) => {}
+        None => tracing::debug!("answer on the subscriber connection that nothing asked for"),
+    }
+}
+
+/// Decodes a message and hands it to `Incoming`, waiting for room.
+async fn deliver(
+    shared: &Shared,
+    channel: &[u8],
+    data: Bytes,
+    cancel: &CancellationToken,
+) -> Option<End> {
+    // Only groups still wanted are delivered: between an unsubscribe and Redis' confirmation
+    // messages may still arrive, and nobody on this node wants them any more.
+    let group = shared.wanted_group_of_channel(channel)?;
+    let message = match envelope::decode(group, data) {
+        Ok(message) => message,
+        Err(e) => {
+            shared.stats.decode_errors.increment();
+            tracing::warn!(prefix = %shared.config.prefix, error = %e, "malformed envelope skipped");
+            return None;
+        }
+    };
+    shared.stats.received.increment();
+    tokio::select! {
+        _ = cancel.cancelled() => Some(End::Closed),
+        permit = shared.tx.reserve() => {
+            // An error means nobody reads `Incoming` any more: the message has no taker.
+            if let Ok(permit) = permit {
+                permit.send(message);
+            }
+            None
+        }
+    }
+}

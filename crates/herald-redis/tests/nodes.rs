@@ -1,0 +1,301 @@
+//! Several Redis layers ("nodes") on one Redis: fan-out, churn, and restarts.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use herald_core::{GroupName, HistoryConfig, Layer, Payload, Position};
+use herald_testkit::redis::{RedisProcess, unique_prefix};
+use tokio::task::JoinSet;
+
+use support::{group, layer, layer_with, ready, recv_within, within};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishes_b_receives_in_order() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, mut a_rx) = layer(&redis, &prefix);
+    let (b, mut b_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    ready(&b).await;
+    let g = group("fanout");
+    let sentinel = group("sentinel");
+    b.subscribe(&g).await.expect("subscribe");
+    a.subscribe(&sentinel).await.expect("subscribe");
+    const N: u64 = 500;
+    for i in 1..=N {
+        let p = a
+            .publish(&g, Payload::text(format!("m{i}")))
+            .await
+            .expect("publish");
+        assert_eq!(p.offset, i);
+    }
+    for i in 1..=N {
+        let m = recv_within(&mut b_rx, Duration::from_secs(5)).await;
+        assert_eq!((m.group.clone(), m.offset), (g.clone(), i));
+        assert_eq!(m.payload, Payload::text(format!("m{i}")));
+    }
+    // A never subscribed to `g`: the first thing it receives is its sentinel.
+    let p = a
+        .publish(&sentinel, Payload::text("s"))
+        .await
+        .expect("publish");
+    let m = recv_within(&mut a_rx, Duration::from_secs(5)).await;
+    assert_eq!((m.group, m.offset), (sentinel, p.offset));
+}
+
+#[tokio::test]
+async fn history_survives_a_node_restart() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let g = group("kept");
+    let history = HistoryConfig {
+        max_len: 100,
+        max_age: Duration::from_secs(600),
+    };
+    let mut positions: Vec<Position> = Vec::new();
+    {
+        let (old, _rx) = layer_with(&redis, &prefix, history);
+        ready(&old).await;
+        for i in 1..=5 {
+            positions.push(
+                old.publish(&g, Payload::binary(vec![i as u8; i]))
+                    .await
+                    .expect("publish"),
+            );
+        }
+        old.close().await;
+    }
+    let (new, _rx) = layer_with(&redis, &prefix, history);
+    ready(&new).await;
+    let h = new.history(&g, Some(&positions[1])).await.expect("history");
+    assert!(h.recovered);
+    assert_eq!(h.current, positions[4]);
+    let got: Vec<(u64, Payload)> = h
+        .messages
+        .into_iter()
+        .map(|m| (m.offset, m.payload))
+        .collect();
+    let want: Vec<(u64, Payload)> = (3..=5u8)
+        .map(|i| (u64::from(i), Payload::binary(vec![i; i as usize])))
+        .collect();
+    assert_eq!(got, want);
+    // The new node continues the same history.
+    let next = new.publish(&g, Payload::text("6")).await.expect("publish");
+    assert_eq!((next.offset, &next.epoch), (6, &positions[0].epoch));
+}
+
+#[tokio::test]
+async fn idle_groups_expire_with_their_epoch() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let history = HistoryConfig {
+        max_len: 10,
+        max_age: Duration::from_millis(300),
+    };
+    let (layer, _rx) = layer_with(&redis, &prefix, history);
+    ready(&layer).await;
+    let g = group("short");
+    let first = layer
+        .publish(&g, Payload::text("a"))
+        .await
+        .expect("publish");
+    let pattern = format!("{prefix}:*");
+    assert_eq!(redis.cmd_strings(&["KEYS", &pattern]).await.len(), 2);
+    // Redis expires the keys on its own clock: poll until they are gone.
+    within("keys expire", Duration::from_secs(5), async {
+        while !redis.cmd_strings(&["KEYS", &pattern]).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let h = layer.history(&g, Some(&first)).await.expect("history");
+    assert!(!h.recovered, "the history expired");
+    let again = layer
+        .publish(&g, Payload::text("b"))
+        .await
+        .expect("publish");
+    assert_eq!(again.offset, 1);
+    assert_ne!(again.epoch, first.epoch);
+    assert_eq!(
+        again.epoch, h.current.epoch,
+        "history created the epoch the publish kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_leaves_exactly_the_wanted_subscriptions() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (layer, mut rx) = layer(&redis, &prefix);
+    ready(&layer).await;
+    let groups: Vec<GroupName> = (0..8).map(|i| group(&format!("churn{i}"))).collect();
+    let channels = format!("{prefix}:*");
+
+    // Phase 1: random, concurrent subscribe/unsubscribe on the same groups. The end state
+    // is whatever the last call per group was; Redis must agree with the layer about it.
+    let mut tasks = JoinSet::new();
+    for task in 0..16u64 {
+        let layer = layer.clone();
+        let groups = groups.clone();
+        tasks.spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(task);
+            for _ in 0..40 {
+                let g = &groups[rng.usize(..groups.len())];
+                if rng.bool() {
+                    layer.subscribe(g).await.expect("subscribe");
+                } else {
+                    layer.unsubscribe(g).await.expect("unsubscribe");
+                }
+            }
+        });
+    }
+    within("random churn", Duration::from_secs(30), async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("churn task");
+        }
+    })
+    .await;
+    let wanted: BTreeSet<String> = layer
+        .subscribed_groups()
+        .iter()
+        .map(|g| format!("{prefix}:{{{g}}}:ch"))
+        .collect();
+    let in_redis: BTreeSet<String> = redis
+        .cmd_strings(&["PUBSUB", "CHANNELS", &channels])
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        in_redis, wanted,
+        "Redis disagrees with the layer after random churn"
+    );
+
+    // Phase 2: concurrent join/leave pairs per group, then a known last call: even groups
+    // end subscribed, odd ones not.
+    let mut tasks = JoinSet::new();
+    for g in &groups {
+        for _ in 0..4 {
+            let layer = layer.clone();
+            let g = g.clone();
+            tasks.spawn(async move {
+                for _ in 0..10 {
+                    layer.subscribe(&g).await.expect("subscribe");
+                    layer.unsubscribe(&g).await.expect("unsubscribe");
+                }
+            });
+        }
+    }
+    within("paired churn", Duration::from_secs(30), async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("churn task");
+        }
+    })
+    .await;
+    for (i, g) in groups.iter().enumerate() {
+        if i % 2 == 0 {
+            layer.subscribe(g).await.expect("subscribe");
+        } else {
+            layer.unsubscribe(g).await.expect("unsubscribe");
+        }
+    }
+    let expected: BTreeSet<String> = groups
+        .iter()
+        .step_by(2)
+        .map(|g| format!("{prefix}:{{{g}}}:ch"))
+        .collect();
+    let in_redis: BTreeSet<String> = redis
+        .cmd_strings(&["PUBSUB", "CHANNELS", &channels])
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(in_redis, expected);
+    assert_eq!(
+        layer.subscribed_groups(),
+        groups.iter().step_by(2).cloned().collect::<Vec<_>>()
+    );
+
+    // Subscriptions leave no keys behind; publishing creates exactly meta + stream.
+    assert!(
+        redis.cmd_strings(&["KEYS", &channels]).await.is_empty(),
+        "subscriptions stored keys"
+    );
+    let (on, off) = (&groups[0], &groups[1]);
+    layer
+        .publish(off, Payload::text("unheard"))
+        .await
+        .expect("publish");
+    let p = layer
+        .publish(on, Payload::text("heard"))
+        .await
+        .expect("publish");
+    let m = recv_within(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(
+        (&m.group, m.offset),
+        (on, p.offset),
+        "only the subscribed group is delivered"
+    );
+    let keys = redis.cmd_strings(&["KEYS", &channels]).await;
+    let mut want = vec![
+        format!("{prefix}:{{{on}}}:meta"),
+        format!("{prefix}:{{{on}}}:stream"),
+        format!("{prefix}:{{{off}}}:meta"),
+        format!("{prefix}:{{{off}}}:stream"),
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+}
+
+#[tokio::test]
+async fn a_full_incoming_pauses_the_subscriber_without_loss() {
+    use herald_redis::{RedisLayer, RedisLayerConfig};
+    let redis = RedisProcess::start();
+    let config = RedisLayerConfig::new(redis.url())
+        .with_prefix(unique_prefix())
+        .with_incoming_capacity(4);
+    let (layer, mut rx) = RedisLayer::new(config).expect("valid config");
+    ready(&layer).await;
+    let g = group("slow");
+    layer.subscribe(&g).await.expect("subscribe");
+    // Far more than Incoming holds, with nobody reading: Redis keeps the backlog.
+    const N: u64 = 300;
+    for i in 1..=N {
+        layer
+            .publish(&g, Payload::text(format!("{i}")))
+            .await
+            .expect("publish");
+    }
+    for i in 1..=N {
+        let m = recv_within(&mut rx, Duration::from_secs(5)).await;
+        assert_eq!(m.offset, i);
+    }
+    assert_eq!(layer.stats().received, N);
+}
+
+#[tokio::test]
+async fn malformed_envelopes_are_counted_and_skipped() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (layer, mut rx) = layer(&redis, &prefix);
+    ready(&layer).await;
+    let g = group("noisy");
+    layer.subscribe(&g).await.expect("subscribe");
+    let channel = format!("{prefix}:{{{g}}}:ch");
+    for garbage in [
+        "",
+        "not an envelope",
+        "\u{2}t1:e\nfuture version",
+        "\u{1}t:e\nno offset",
+    ] {
+        redis.cmd(&["PUBLISH", &channel, garbage]).await;
+    }
+    let p = layer
+        .publish(&g, Payload::text("fine"))
+        .await
+        .expect("publish");
+    let m = recv_within(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!((m.offset, m.payload), (p.offset, Payload::text("fine")));
+    assert_eq!(layer.stats().decode_errors, 4);
+    assert!(layer.is_ready(), "bad messages are not fatal");
+}
