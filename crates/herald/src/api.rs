@@ -76,7 +76,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&[]),
+        state.metrics.render(&state.layer.stats()),
     )
         .into_response()
 }

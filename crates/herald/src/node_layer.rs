@@ -7,6 +7,7 @@ use herald_core::memory::MemoryLayerConfig;
 use herald_core::{
     GroupName, History, HistoryConfig, Incoming, Layer, LayerError, MemoryLayer, Payload, Position,
 };
+use herald_redis::{RedisLayer, RedisLayerConfig};
 
 use crate::config::{Config, LayerKind};
 
@@ -15,6 +16,8 @@ use crate::config::{Config, LayerKind};
 pub enum NodeLayer {
     /// One process.
     Memory(MemoryLayer),
+    /// Several nodes sharing groups through Redis.
+    Redis(RedisLayer),
 }
 
 impl NodeLayer {
@@ -32,7 +35,14 @@ impl NodeLayer {
                 });
                 Ok((Self::Memory(layer), incoming))
             }
-            LayerKind::Redis => Err("the redis layer is not part of this build".into()),
+            LayerKind::Redis => {
+                let url = config.layer.url.clone().unwrap_or_default();
+                let redis = RedisLayerConfig::new(url)
+                    .with_prefix(config.layer.prefix.clone())
+                    .with_history(history);
+                let (layer, incoming) = RedisLayer::new(redis).map_err(|e| e.to_string())?;
+                Ok((Self::Redis(layer), incoming))
+            }
         }
     }
 }
@@ -41,6 +51,7 @@ impl Layer for NodeLayer {
     async fn publish(&self, group: &GroupName, payload: Payload) -> Result<Position, LayerError> {
         match self {
             Self::Memory(l) => l.publish(group, payload).await,
+            Self::Redis(l) => l.publish(group, payload).await,
         }
     }
 
@@ -50,18 +61,21 @@ impl Layer for NodeLayer {
     ) -> Result<Vec<Position>, (usize, LayerError)> {
         match self {
             Self::Memory(l) => l.publish_batch(items).await,
+            Self::Redis(l) => l.publish_batch(items).await,
         }
     }
 
     async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         match self {
             Self::Memory(l) => l.subscribe(group).await,
+            Self::Redis(l) => l.subscribe(group).await,
         }
     }
 
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         match self {
             Self::Memory(l) => l.unsubscribe(group).await,
+            Self::Redis(l) => l.unsubscribe(group).await,
         }
     }
 
@@ -72,12 +86,45 @@ impl Layer for NodeLayer {
     ) -> Result<History, LayerError> {
         match self {
             Self::Memory(l) => l.history(group, since).await,
+            Self::Redis(l) => l.history(group, since).await,
         }
     }
 
     fn is_ready(&self) -> bool {
         match self {
             Self::Memory(l) => l.is_ready(),
+            Self::Redis(l) => l.is_ready(),
+        }
+    }
+}
+
+impl NodeLayer {
+    /// Counters of the backend, for `/metrics`: (name, help, value).
+    pub fn stats(&self) -> Vec<(&'static str, &'static str, u64)> {
+        match self {
+            Self::Memory(_) => Vec::new(),
+            Self::Redis(l) => {
+                let s = l.stats();
+                vec![
+                    (
+                        "herald_redis_reconnects_total",
+                        "Reconnections to Redis.",
+                        s.reconnects,
+                    ),
+                    (
+                        "herald_redis_decode_errors_total",
+                        "Malformed messages read from Redis and skipped.",
+                        s.decode_errors,
+                    ),
+                ]
+            }
+        }
+    }
+
+    /// Stops background work (the Redis connections); the memory layer has none.
+    pub async fn close(&self) {
+        if let Self::Redis(l) = self {
+            l.close().await;
         }
     }
 }

@@ -166,6 +166,7 @@ pub async fn serve(
     stop_background.cancel();
     background.close();
     background.wait().await;
+    state.layer.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -35,10 +35,24 @@ impl TestServer {
         let task = tokio::spawn(herald::run(listener, config, async move {
             let _ = rx.await;
         }));
-        Self {
+        let server = Self {
             addr,
             shutdown: Some(tx),
             task: Some(task),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits (≤ 10 s) until `/readyz` answers 200: the layer is connected.
+    pub async fn wait_ready(&self) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while get_status(self.addr, "/readyz").await != 200 {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "server not ready within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -152,4 +166,18 @@ pub async fn eventually<F: FnMut() -> bool>(deadline: Duration, what: &str, mut 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A configuration on the Redis layer at `url`, with its own key prefix.
+pub fn redis_config(url: &str, prefix: &str) -> Config {
+    let mut config = Config::default();
+    config.layer.kind = herald::config::LayerKind::Redis;
+    config.layer.url = Some(url.to_string());
+    config.layer.prefix = prefix.to_string();
+    config
+}
+
+/// `GET path` and the status.
+pub async fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    http(addr, "GET", path, &[], b"").await.0
 }

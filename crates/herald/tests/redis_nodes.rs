@@ -1,0 +1,223 @@
+//! Several herald nodes on one real redis-server: cross-node delivery, exactly once per
+//! member, Redis outages, and subscription hygiene under join/leave churn.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use herald_testkit::redis::{RedisProcess, unique_prefix};
+use support::{Received, TestServer, WsClient, get_status, redis_config};
+
+#[tokio::test]
+async fn clients_on_node_b_receive_in_order_what_node_a_publishes() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let a = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+    let b = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+    let mut on_b = b.connect_user("42").await;
+    let mut on_a = a.connect_user("42").await;
+    for i in 0..200 {
+        let (status, body) = a
+            .publish(&format!(r#"{{"group":"user.42","text":"{i}"}}"#))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["offset"], i + 1);
+    }
+    for i in 0..200 {
+        assert_eq!(on_b.recv_text().await.unwrap(), i.to_string());
+        assert_eq!(on_a.recv_text().await.unwrap(), i.to_string());
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn three_nodes_mixed_groups_every_member_gets_each_message_once() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestServer::with_config(redis_config(&redis.url(), &prefix)).await);
+    }
+    // Members of four groups spread over the nodes, several per group and node.
+    let mut members: Vec<(usize, WsClient)> = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for user in 0..4usize {
+            for _ in 0..(1 + (i + user) % 2) {
+                members.push((user, node.connect_user(&user.to_string()).await));
+            }
+        }
+    }
+    // Publish through every node in turn; each message names its group.
+    let per_group = 40;
+    for n in 0..per_group {
+        for user in 0..4usize {
+            let node = &nodes[(n + user) % 3];
+            let (status, _) = node
+                .publish(&format!(r#"{{"group":"user.{user}","text":"{user}:{n}"}}"#))
+                .await;
+            assert_eq!(status, 200);
+        }
+    }
+    for (user, client) in &mut members {
+        for n in 0..per_group {
+            assert_eq!(client.recv_text().await.unwrap(), format!("{user}:{n}"));
+        }
+        // Nothing extra (no duplicate from another node): the next frame is a marker.
+    }
+    for user in 0..4 {
+        nodes[0]
+            .publish(&format!(r#"{{"group":"user.{user}","text":"end"}}"#))
+            .await;
+    }
+    for (_, client) in &mut members {
+        assert_eq!(client.recv_text().await.unwrap(), "end");
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_outage_publish_503_readyz_503_clients_stay_then_recover() {
+    let mut redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let a = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+    let b = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+    let mut client = b.connect_user("7").await;
+    assert_eq!(get_status(a.addr, "/readyz").await, 200);
+
+    redis.stop();
+    // Publishing fails loudly, never silently.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = a
+            .publish(r#"{"group":"user.7","text":"during outage"}"#)
+            .await;
+        if status != 200 || tokio::time::Instant::now() > until {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "layer_unavailable");
+    let mut ready_a = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until {
+        ready_a = get_status(a.addr, "/readyz").await;
+        if ready_a == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready_a, 503);
+    assert_eq!(get_status(a.addr, "/healthz").await, 200);
+
+    redis.restart();
+    // Within 5 s of Redis being back, publishing through A reaches the client on B,
+    // over the connection it had all along.
+    let started = tokio::time::Instant::now();
+    let mut delivered = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        let (status, _) = a.publish(r#"{"group":"user.7","text":"back"}"#).await;
+        if status == 200 {
+            match client.recv_within(Duration::from_secs(1)).await.unwrap() {
+                Some(Received::Text(t)) if t == "back" => {
+                    delivered = true;
+                    break;
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => continue,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        delivered,
+        "delivery works again within 5 s of Redis restarting"
+    );
+    assert_eq!(get_status(a.addr, "/readyz").await, 200);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn join_leave_churn_leaves_no_stale_subscription_or_key() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let a = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+    let b = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+    // Long-lived members of user.0 on A: that subscription must survive the churn.
+    let mut keeper = a.connect_user("0").await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let addr = if t % 2 == 0 { a.addr } else { b.addr };
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let user = (t + i) % 5;
+                let c = WsClient::connect(&format!("ws://{addr}/message/{user}/stream/"))
+                    .await
+                    .unwrap();
+                if i % 3 == 0 {
+                    c.drop_abruptly();
+                } else {
+                    c.close().await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let expected_channel = format!("{prefix}:{{user.0}}:ch");
+    // Only user.0's channel stays subscribed, by exactly one node.
+    let mut last = Vec::new();
+    let settled = async {
+        loop {
+            let channels = redis
+                .cmd_strings(&["PUBSUB", "CHANNELS", &format!("{prefix}:*")])
+                .await;
+            if channels == vec![expected_channel.clone()] {
+                return;
+            }
+            last = channels;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), settled)
+        .await
+        .is_err()
+    {
+        panic!("stale subscriptions remain: {last:?}");
+    }
+    let numsub: BTreeSet<String> = redis
+        .cmd_strings(&["PUBSUB", "NUMSUB", &expected_channel])
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        numsub,
+        BTreeSet::from([expected_channel.clone(), "1".to_string()]),
+        "one subscriber"
+    );
+    // Connections that only joined and left created no keys.
+    let keys = redis.cmd_strings(&["KEYS", &format!("{prefix}:*")]).await;
+    assert!(keys.is_empty(), "leaked keys: {keys:?}");
+    a.publish(r#"{"group":"user.0","text":"kept"}"#).await;
+    assert_eq!(keeper.recv_text().await.unwrap(), "kept");
+    let keys: BTreeSet<String> = redis
+        .cmd_strings(&["KEYS", &format!("{prefix}:*")])
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            format!("{prefix}:{{user.0}}:meta"),
+            format!("{prefix}:{{user.0}}:stream")
+        ])
+    );
+    a.stop().await;
+    b.stop().await;
+}
