@@ -16,6 +16,9 @@ pub const SLOW_CONSUMER: u16 = 4001;
 pub const HEARTBEAT_TIMEOUT: u16 = 4002;
 /// The connection token expired. Reconnect with a fresh token.
 pub const TOKEN_EXPIRED: u16 = 4003;
+/// The group's history was reset (epoch changed) while connected: reconnect, and the
+/// resume answers `recovered: false`.
+pub const STREAM_RESET: u16 = 4400;
 /// Bad request: malformed hello or frame. Do not retry.
 pub const BAD_REQUEST: u16 = 4500;
 /// Unauthorized: missing or invalid token. Do not retry.

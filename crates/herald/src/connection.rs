@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant, timeout};
 
 use crate::close;
-use crate::hub::{ConnId, Mode, OutFrame, Outbox, encode_v1};
+use crate::hub::{ConnId, Mode, OutFrame, Outbox, encode_v1, epoch_tag};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientFrame, WelcomeStream};
 use crate::server::AppState;
@@ -48,6 +48,8 @@ pub struct Connection {
     pub(crate) joined: bool,
     /// Per group: the last offset sent to the client (herald.v1 only).
     last_sent: Vec<u64>,
+    /// Per group: the epoch tag of the history those offsets belong to (herald.v1 only).
+    epochs: Vec<u32>,
 }
 
 /// Why the main loop ended.
@@ -67,6 +69,7 @@ impl Connection {
         let (outbox, rx) = Outbox::new(mode, limits.outbox_messages, limits.outbox_bytes);
         let id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let last_sent = vec![0; groups.len()];
+        let epochs = vec![0; groups.len()];
         Self {
             id,
             groups,
@@ -75,6 +78,7 @@ impl Connection {
             state,
             joined: false,
             last_sent,
+            epochs,
         }
     }
 
@@ -185,6 +189,7 @@ impl Connection {
                 replay.push(encode_v1(message));
             }
             self.last_sent[slot] = history.current.offset;
+            self.epochs[slot] = epoch_tag(history.current.epoch.as_str());
             currents.push((history.current, recovered || since.is_none()));
         }
         let streams: Vec<WelcomeStream<'_>> = self
@@ -268,9 +273,14 @@ impl Connection {
                         shared.written(frame.frame.len());
                         if mode == Mode::V1 {
                             let slot = frame.slot as usize;
+                            if self.epochs.get(slot) != Some(&frame.epoch) {
+                                // The group's history was lost (e.g. Redis flushed): offsets
+                                // restarted, so the client must resume and resync.
+                                return End::Close(close::STREAM_RESET, "stream reset: history epoch changed");
+                            }
                             match self.last_sent.get_mut(slot) {
                                 Some(last) if frame.offset > *last => *last = frame.offset,
-                                // Already replayed from history, or not ours.
+                                // Already replayed from history.
                                 _ => { next = self.rx.try_recv().ok(); continue; }
                             }
                         }

@@ -37,6 +37,16 @@ pub struct OutFrame {
     pub slot: u8,
     /// The message's offset in that group.
     pub offset: u64,
+    /// A hash of the message's epoch ([`epoch_tag`]), so a connection notices when the
+    /// group's history was reset under it without an allocation per recipient.
+    pub epoch: u32,
+}
+
+/// A 32-bit FNV-1a hash of an epoch string.
+pub fn epoch_tag(epoch: &str) -> u32 {
+    epoch.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// State shared between a connection's task and the hub.
@@ -274,6 +284,7 @@ impl Hub {
         let mut plain: Option<Bytes> = None;
         let mut v1: Option<Bytes> = None;
         let mut delivered = Delivered::default();
+        let epoch = epoch_tag(message.epoch.as_str());
         for member in members {
             let frame = match member.outbox.shared.mode {
                 Mode::Plain => plain.get_or_insert_with(|| encode_plain(message)),
@@ -283,6 +294,7 @@ impl Hub {
                 frame: frame.clone(),
                 slot: member.slot,
                 offset: message.offset,
+                epoch,
             };
             if member.outbox.offer(out, &self.metrics) {
                 delivered.sent += 1;
