@@ -370,6 +370,11 @@ impl V1Client {
         self.ws.send_text(text).await
     }
 
+    /// Sends a raw binary frame.
+    pub async fn send_binary(&mut self, data: &[u8]) -> Result<()> {
+        self.ws.send_binary(data).await
+    }
+
     /// Drops the connection without a closing handshake, keeping the positions.
     pub fn disconnect(self) -> BTreeMap<String, StreamPos> {
         self.ws.drop_abruptly();

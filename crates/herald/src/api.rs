@@ -1,7 +1,9 @@
 //! The HTTP API: `POST /api/publish`, `/healthz`, `/readyz`, `/metrics`, and `ApiError`,
 //! the JSON error body every failure answers with.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::body::{Body, to_bytes};
@@ -13,6 +15,7 @@ use herald_core::{GroupName, Layer, Payload, Position};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::server::AppState;
@@ -76,9 +79,69 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&state.layer.stats()),
+        {
+            let mut text = state.metrics.render(&extra_metrics(&state));
+            render_key_metrics(&state, &mut text);
+            text
+        },
     )
         .into_response()
+}
+
+/// Counters of the layer and of the Django bridge: (name, help, value).
+fn extra_metrics(state: &AppState) -> Vec<(&'static str, &'static str, u64)> {
+    let mut extra = state.layer.stats();
+    if let Some(bridge) = &state.django {
+        let s = bridge.stats();
+        extra.extend([
+            (
+                "herald_django_received_total",
+                "Messages taken from Django (channels_redis).",
+                s.received,
+            ),
+            (
+                "herald_django_published_total",
+                "Django messages published into herald.",
+                s.published,
+            ),
+            (
+                "herald_django_dropped_no_payload_total",
+                "Django messages with neither text nor bytes (not delivered).",
+                s.dropped_no_payload,
+            ),
+            (
+                "herald_django_decode_errors_total",
+                "Django messages that could not be decoded.",
+                s.decode_errors,
+            ),
+            (
+                "herald_django_publish_failures_total",
+                "Django messages herald's layer refused.",
+                s.publish_failures,
+            ),
+            (
+                "herald_django_sent_total",
+                "Messages sent from herald to Django groups.",
+                s.sent,
+            ),
+            (
+                "herald_django_send_capacity_drops_total",
+                "Sends to Django dropped at a full channel (capacity).",
+                s.send_capacity_drops,
+            ),
+            (
+                "herald_django_backlog",
+                "Messages waiting in herald's channels_redis queue (gauge).",
+                s.backlog,
+            ),
+            (
+                "herald_django_backlog_capacity",
+                "Capacity of that queue; near it channels_redis drops silently (gauge).",
+                s.backlog_capacity,
+            ),
+        ]);
+    }
+    extra
 }
 
 /// One publish request, or one element of a batch.
@@ -92,6 +155,9 @@ struct PublishBody {
     text: Option<String>,
     bytes: Option<String>,
     messages: Option<Vec<PublishBody>>,
+    /// Also send the message into the Django Channels group (the Django bridge).
+    #[serde(default)]
+    django: bool,
 }
 
 /// Keeps `"data": null` apart from a missing `data` (`Option<RawValue>` alone would read
@@ -106,6 +172,8 @@ struct Item {
     payload: Payload,
     /// Whether the request named `groups` (answer with `results`) or one `group`.
     many: bool,
+    /// Whether to send it to Django consumers too.
+    django: bool,
 }
 
 /// `POST /api/publish`.
@@ -113,7 +181,13 @@ pub(crate) async fn publish(
     State(state): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&state, req.headers())?;
+    let key = authorize(&state, req.headers())?;
+    // Every log line of this request names the key that authorized it ("-": open API).
+    let span = tracing::info_span!("publish", key = key.unwrap_or("-"));
+    publish_authorized(state, req).instrument(span).await
+}
+
+async fn publish_authorized(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     let limit = state.config.limits.max_publish_bytes;
     let too_large = || {
         ApiError::new(
@@ -184,21 +258,73 @@ pub(crate) async fn publish(
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            check_django(&state, &items)?;
             let results = publish_items(&state, &items).await?;
-            let answers: Vec<Value> = items
+            let mut answers: Vec<Value> = items
                 .iter()
                 .zip(results)
                 .map(|(item, positions)| answer(item, &positions))
                 .collect();
+            for (item, answer) in items.iter().zip(answers.iter_mut()) {
+                send_to_django(&state, item, answer).await?;
+            }
             Ok(Json(json!({"results": answers})).into_response())
         }
         None => {
             let item = item(body, limits.max_publish_groups)?;
+            check_django(&state, std::slice::from_ref(&item))?;
             let mut results = publish_items(&state, std::slice::from_ref(&item)).await?;
             let positions = results.pop().unwrap_or_default();
-            Ok(Json(answer(&item, &positions)).into_response())
+            let mut answer = answer(&item, &positions);
+            send_to_django(&state, &item, &mut answer).await?;
+            Ok(Json(answer).into_response())
         }
     }
+}
+
+/// Refuses `"django": true` when the bridge is off, before anything is published.
+fn check_django(state: &AppState, items: &[Item]) -> Result<(), ApiError> {
+    if state.django.is_none() && items.iter().any(|i| i.django) {
+        return Err(ApiError::bad(
+            "django_disabled",
+            "\"django\": true needs the Django bridge ([django] enabled = true)",
+        ));
+    }
+    Ok(())
+}
+
+/// Sends an item to the Django Channels groups of its groups (after herald published it),
+/// adding `"django": {"members", "queued", "full"}` to its answer. `full` counts Django
+/// processes whose queue was at capacity: channels_redis drops there, herald reports it.
+async fn send_to_django(state: &AppState, item: &Item, answer: &mut Value) -> Result<(), ApiError> {
+    let (true, Some(bridge)) = (item.django, &state.django) else {
+        return Ok(());
+    };
+    let (mut members, mut queued, mut full) = (0, 0, 0);
+    for group in &item.groups {
+        match bridge.group_send(group, &item.payload).await {
+            Ok(report) => {
+                members += report.members;
+                queued += report.queued;
+                full += report.full;
+            }
+            Err(e) => {
+                tracing::warn!(group = %group, error = %e, "send to django failed");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "django_unavailable",
+                    format!("published to herald, but sending to Django failed for {group}: {e}"),
+                ));
+            }
+        }
+    }
+    if let Value::Object(map) = answer {
+        map.insert(
+            "django".into(),
+            json!({"members": members, "queued": queued, "full": full}),
+        );
+    }
+    Ok(())
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {
@@ -337,6 +463,7 @@ fn item(body: PublishBody, max_groups: usize) -> Result<Item, ApiError> {
         groups,
         payload,
         many,
+        django: body.django,
     })
 }
 
@@ -367,12 +494,39 @@ pub fn minify_json(raw: &str) -> String {
     out
 }
 
-/// Checks the bearer key when one is configured, in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// One configured publish key and how many requests it authorized.
+pub(crate) struct ApiKey {
+    name: String,
+    key: String,
+    requests: AtomicU64,
+}
+
+impl ApiKey {
+    pub(crate) fn new(name: &str, key: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            key: key.to_string(),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    // The key itself never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey").field("name", &self.name).finish()
+    }
+}
+
+/// Checks the bearer key when one is configured, in constant time, and counts the
+/// request under the key's name. Returns that name (`None`: open API).
+fn authorize<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<Option<&'s str>, ApiError> {
     if state.api_keys.is_empty() {
-        return Ok(());
+        state.open_publish_requests.fetch_add(1, Ordering::Relaxed);
+        return Ok(None);
     }
     let unauthorized = || {
+        state.unauthorized_publishes.fetch_add(1, Ordering::Relaxed);
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -385,19 +539,50 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
     // Compare against every key without stopping early, so timing reveals nothing.
-    let mut matched: Option<&str> = None;
-    for (name, key) in &state.api_keys {
-        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            matched = Some(name);
+    let mut matched: Option<&ApiKey> = None;
+    for key in &state.api_keys {
+        if constant_time_eq(given.as_bytes(), key.key.as_bytes()) {
+            matched = Some(key);
         }
     }
     match matched {
-        Some(name) => {
-            tracing::trace!(key = name, "publish authorized");
-            Ok(())
+        Some(key) => {
+            // Relaxed: a counter read on its own.
+            key.requests.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key = key.name, "publish authorized");
+            Ok(Some(&key.name))
         }
         None => Err(unauthorized()),
     }
+}
+
+/// Appends `herald_publish_requests_total{key="<name>"}` (no label on an open API) and
+/// `herald_publish_unauthorized_total`.
+fn render_key_metrics(state: &AppState, out: &mut String) {
+    let name = "herald_publish_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Publish requests authorized, by API key name.\n# TYPE {name} counter"
+    );
+    if state.api_keys.is_empty() {
+        let n = state.open_publish_requests.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name} {n}");
+    }
+    for key in &state.api_keys {
+        let n = key.requests.load(Ordering::Relaxed);
+        let label = key
+            .name
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(out, "{name}{{key=\"{label}\"}} {n}");
+    }
+    let name = "herald_publish_unauthorized_total";
+    let n = state.unauthorized_publishes.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP {name} Publish requests refused with 401.\n# TYPE {name} counter\n{name} {n}"
+    );
 }
 
 /// Equality whose duration depends only on the lengths, not on where the bytes differ.

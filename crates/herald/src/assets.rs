@@ -4,7 +4,8 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 
 const INDEX: &str = include_str!("../assets/index.html");
-const CLIENT_JS: &str = include_str!("../assets/herald.js");
+// The global (classic-script) build of client/, kept in the repository by client/build.mjs.
+const CLIENT_JS: &str = include_str!("../../../client/dist/rws.global.js");
 
 /// `GET /`: the demo page.
 pub(crate) async fn index() -> Html<&'static str> {

@@ -45,6 +45,7 @@ pub async fn publish(
     group: &str,
     payload: &[u8],
     binary: bool,
+    django: bool,
 ) -> Result<u64, PublishError> {
     let rest = server
         .strip_prefix("http://")
@@ -53,12 +54,15 @@ pub async fn publish(
     if authority.is_empty() {
         return Err(PublishError::BadUrl(server.to_string()));
     }
-    let body = if binary {
+    let mut body = if binary {
         json!({"group": group, "bytes": base64::engine::general_purpose::STANDARD.encode(payload)})
     } else {
         let text = std::str::from_utf8(payload).map_err(|_| PublishError::NotUtf8)?;
         json!({"group": group, "text": text})
     };
+    if django {
+        body["django"] = serde_json::Value::Bool(true);
+    }
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|source| PublishError::Connect {

@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::client_ip::IpNet;
 use crate::route::{Route, RouteError};
 
 /// A configuration error: which key, and what is wrong with it.
@@ -24,7 +25,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         // One line: parsers append their own location lines, which the key already says.
         let message: String = message.into();
         let message = message.lines().next().unwrap_or("").trim().to_string();
@@ -56,6 +57,12 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Secrets of connection tokens (routes with `auth = "token"`).
+    pub auth: AuthConfig,
+    /// TLS, so clients connect with `wss://` and `https://` without a proxy. Off by default.
+    pub tls: TlsConfig,
+    /// The Django Channels bridge (channels_redis wire format). Off by default.
+    pub django: herald_django::DjangoConfig,
 }
 
 impl Default for Config {
@@ -69,6 +76,9 @@ impl Default for Config {
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
             shutdown: ShutdownConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            django: herald_django::DjangoConfig::default(),
         }
     }
 }
@@ -84,6 +94,14 @@ pub struct RouteConfig {
     /// `none` (default) or `token`.
     #[serde(default)]
     pub auth: AuthMode,
+    /// The path parameter a token's `sub` stands for (default grant). Default: the
+    /// path's first parameter.
+    #[serde(default)]
+    pub sub_param: Option<String>,
+    /// Allowed `Origin` headers (`https://app.example.com`); refused → close 4503.
+    /// Default: empty, any origin.
+    #[serde(default)]
+    pub origins: Vec<String>,
 }
 
 impl RouteConfig {
@@ -93,6 +111,8 @@ impl RouteConfig {
             path: "/message/{user_id}/stream/".into(),
             groups: vec!["user.{user_id}".into()],
             auth: AuthMode::None,
+            sub_param: None,
+            origins: Vec::new(),
         }
     }
 }
@@ -172,7 +192,7 @@ pub struct ApiConfig {
 }
 
 /// `[limits]`.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// WebSocket connections held at once; past it new ones are closed with 1013.
@@ -192,9 +212,19 @@ pub struct Limits {
     /// Largest frame or message a client may send, in bytes; larger closes with 1009.
     /// Default 64 KiB.
     pub max_message_bytes: usize,
-    /// Time allowed for the HTTP request head of a connection. Default `10s`.
+    /// Time allowed for the TLS handshake, and again for each HTTP request head (and, in
+    /// `herald.v1`, for the `hello`); a slower client is disconnected. Default `10s`.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// WebSocket connections held at once from one client IP (IPv6: one /64); past it new
+    /// ones are closed with 1013. Default 1000.
+    pub max_connections_per_ip: usize,
+    /// Most groups one connection may join; every route must stay within it. At most
+    /// 255. Default 64.
+    pub max_groups_per_connection: usize,
+    /// Proxies whose `X-Forwarded-For` is believed, as networks (`["10.0.0.0/8"]`).
+    /// Default: none — the TCP peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for Limits {
@@ -208,7 +238,99 @@ impl Default for Limits {
             outbox_bytes: 16 << 20,
             max_message_bytes: 64 << 10,
             handshake_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 1000,
+            max_groups_per_connection: 64,
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+/// The largest `limits.max_groups_per_connection`: the hub numbers a connection's groups
+/// with a `u8`.
+pub const MAX_GROUPS_PER_CONNECTION: usize = 255;
+
+/// `[auth]`: how connection tokens are verified.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The HS256 secret tokens are signed with (at least 32 bytes).
+    pub secret: Option<String>,
+    /// More accepted secrets, for rotation: sign with the new one, accept both, drop the
+    /// old one once its tokens expired.
+    pub secrets: Vec<String>,
+    /// A file holding secrets, one per non-empty line (keeps them out of the config).
+    pub secret_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`. Default `0s`; at most `1h`.
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secrets", &self.secrets.len())
+            .field("secret_file", &self.secret_file)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+/// The shortest secret accepted: HS256 is only as strong as its key (RFC 7518 §3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl AuthConfig {
+    /// Every accepted secret: `secret`, then `secrets`, then the lines of `secret_file`.
+    pub fn load_secrets(&self) -> Result<Vec<Vec<u8>>, ConfigError> {
+        let mut secrets: Vec<(String, String)> = Vec::new();
+        if let Some(s) = &self.secret {
+            secrets.push(("auth.secret".into(), s.clone()));
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            secrets.push((format!("auth.secrets[{i}]"), s.clone()));
+        }
+        if let Some(path) = &self.secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "auth.secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                secrets.push(("auth.secret_file".into(), line.to_string()));
+            }
+        }
+        secrets
+            .into_iter()
+            .map(|(key, s)| {
+                if s.len() < MIN_SECRET_BYTES {
+                    Err(ConfigError::new(
+                        key,
+                        format!("a secret needs at least {MIN_SECRET_BYTES} bytes"),
+                    ))
+                } else {
+                    Ok(s.into_bytes())
+                }
+            })
+            .collect()
+    }
+}
+
+/// `[tls]`: both or neither.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn is_enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
     }
 }
 
@@ -263,7 +385,17 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 /// Sections whose keys may be set from `HERALD_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["layer", "history", "api", "limits", "heartbeat", "shutdown"];
+const SECTIONS: &[&str] = &[
+    "layer",
+    "history",
+    "api",
+    "limits",
+    "heartbeat",
+    "shutdown",
+    "django",
+    "auth",
+    "tls",
+];
 
 impl Config {
     /// Loads the configuration: defaults, then the TOML file (if any), then every
@@ -307,6 +439,14 @@ impl Config {
             ("limits.outbox_messages", self.limits.outbox_messages),
             ("limits.outbox_bytes", self.limits.outbox_bytes),
             ("limits.max_message_bytes", self.limits.max_message_bytes),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip,
+            ),
+            (
+                "limits.max_groups_per_connection",
+                self.limits.max_groups_per_connection,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -347,15 +487,43 @@ impl Config {
         if self.routes.is_empty() {
             return Err(ConfigError::new("routes", "at least one route is needed"));
         }
+        let max_groups = self.limits.max_groups_per_connection;
+        if max_groups > MAX_GROUPS_PER_CONNECTION {
+            return Err(ConfigError::new(
+                "limits.max_groups_per_connection",
+                format!("must be at most {MAX_GROUPS_PER_CONNECTION}"),
+            ));
+        }
+        if self.auth.leeway > Duration::from_secs(3600) {
+            return Err(ConfigError::new("auth.leeway", "must be at most 1h"));
+        }
+        let secrets = self.auth.load_secrets()?;
         for (i, route) in self.routes.iter().enumerate() {
-            if route.auth == AuthMode::Token {
+            let compiled = Route::compile(route)
+                .map_err(|e: RouteError| ConfigError::new(format!("routes[{i}]"), e.to_string()))?;
+            if compiled.group_count() > max_groups {
                 return Err(ConfigError::new(
-                    format!("routes[{i}].auth"),
-                    "\"token\" is not supported by this build yet; use \"none\"",
+                    format!("routes[{i}].groups"),
+                    format!(
+                        "{} groups, more than limits.max_groups_per_connection = {max_groups}",
+                        compiled.group_count()
+                    ),
                 ));
             }
-            Route::compile(route)
-                .map_err(|e: RouteError| ConfigError::new(format!("routes[{i}]"), e.to_string()))?;
+            if route.auth == AuthMode::Token && secrets.is_empty() {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].auth"),
+                    "\"token\" needs a secret: set auth.secret, auth.secrets or auth.secret_file",
+                ));
+            }
+        }
+        if self.tls.is_enabled() {
+            crate::tls::acceptor(&self.tls)?;
+        }
+        if self.django.enabled {
+            self.django
+                .validate()
+                .map_err(|e| ConfigError::new("django", e.to_string()))?;
         }
         for (name, key) in &self.api.keys {
             if key.is_empty() {

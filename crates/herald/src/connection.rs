@@ -50,6 +50,22 @@ pub struct Connection {
     last_sent: Vec<u64>,
     /// Per group: the epoch tag of the history those offsets belong to (herald.v1 only).
     epochs: Vec<u32>,
+    /// When the connection's token stops being valid: it is closed with 4003 then.
+    pub(crate) expires: Option<Instant>,
+    /// A `herald.v1` connection on a token route authorizes after its hello; boxed so
+    /// connections without it pay one pointer.
+    pub(crate) pending_auth: Option<Box<PendingAuth>>,
+}
+
+/// What a `herald.v1` connection needs to authorize once its `hello` arrived.
+#[derive(Debug)]
+pub(crate) struct PendingAuth {
+    /// `?token=` from the URL, used when the hello carries none.
+    pub(crate) url_token: Option<String>,
+    /// Index of the matched route in `AppState::routes`.
+    pub(crate) route: usize,
+    /// The route's parameter values from the path.
+    pub(crate) values: Vec<String>,
 }
 
 /// Why the main loop ended.
@@ -79,6 +95,8 @@ impl Connection {
             joined: false,
             last_sent,
             epochs,
+            expires: None,
+            pending_auth: None,
         }
     }
 
@@ -171,6 +189,10 @@ impl Connection {
             Ok(Err(_)) => return Err(End::Drop),
         };
         let hello = protocol::parse_hello(&text).map_err(|e| self.bad_request(e.0))?;
+        if let Some(pending) = self.pending_auth.take() {
+            // Before joining: a refused connection never becomes a member of anything.
+            self.authorize(hello.token.as_deref(), *pending)?;
+        }
         self.join().await;
         let mut currents: Vec<(Position, bool)> = Vec::with_capacity(self.groups.len());
         let mut replay: Vec<Bytes> = Vec::new();
@@ -219,6 +241,30 @@ impl Connection {
         Ok(())
     }
 
+    /// Checks the token of a `herald.v1` connection (the hello's, else the URL's).
+    fn authorize(&mut self, hello_token: Option<&str>, pending: PendingAuth) -> Result<(), End> {
+        let token = hello_token.or(pending.url_token.as_deref());
+        let result = match self.state.routes.get(pending.route) {
+            Some(route) => self
+                .state
+                .auth
+                .authorize(token, route, &pending.values, &self.groups),
+            // Routes are fixed at startup, so the gateway's index is always valid.
+            None => Err(crate::auth::Refusal::Invalid),
+        };
+        match result {
+            Ok(grant) => {
+                self.expires = Some(grant.deadline());
+                Ok(())
+            }
+            Err(refusal) => {
+                Metrics::add(&self.state.metrics.auth_refusals, 1);
+                tracing::debug!(conn_id = self.id, code = refusal.close_code(), %refusal, "connection refused");
+                Err(End::Close(refusal.close_code(), refusal.reason()))
+            }
+        }
+    }
+
     fn bad_request(&self, reason: &'static str) -> End {
         Metrics::add(&self.state.metrics.protocol_errors, 1);
         tracing::debug!(conn_id = self.id, reason, "bad request");
@@ -249,9 +295,16 @@ impl Connection {
         let mut last_in = Instant::now();
         let mut last_out = Instant::now();
         let stall = self.stall_timeout();
+        // The token's expiry; never polled (so no timer is armed) when there is no token.
+        let expiry = tokio::time::sleep_until(self.expires.unwrap_or_else(Instant::now));
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
+                _ = &mut expiry, if self.expires.is_some() => {
+                    Metrics::add(&self.state.metrics.tokens_expired, 1);
+                    return End::Close(close::TOKEN_EXPIRED, "token expired");
+                }
                 _ = self.state.shutdown.cancelled() => {
                     if mode == Mode::V1 {
                         let window = self.state.config.shutdown.goaway_window.as_millis() as u64;
@@ -319,9 +372,13 @@ impl Connection {
                             }
                             // Plain mode: client frames are ignored (DESIGN.md §3).
                         }
-                        Ok(Some(Inbound::Binary(_))) => {
+                        Ok(Some(Inbound::Binary(data))) => {
+                            // Client messages are not forwarded anywhere yet; a well-formed
+                            // one is ignored like in plain mode, a malformed one is a 4500.
                             if mode == Mode::V1 {
-                                return self.bad_request("binary frames are not part of herald.v1 client messages");
+                                if let Err(e) = protocol::parse_client_binary(&data) {
+                                    return self.bad_request(e.0);
+                                }
                             }
                         }
                         Ok(None) | Err(ReadError::Io(_)) => return End::Drop,

@@ -25,10 +25,14 @@
 //! - [`api`]: `POST /api/publish`, health, readiness and metrics endpoints.
 //! - [`protocol`]: the `herald.v1` control frames; [`close`]: close codes.
 //! - [`node_layer`]: the configured layer as one type; [`metrics`]: counters.
+//! - [`auth`]: connection tokens (HS256 JWT) and what they grant; [`client_ip`]: the
+//!   client address behind trusted proxies; [`tls`]: the rustls acceptor.
 
 pub mod api;
 mod assets;
+pub mod auth;
 pub mod cli;
+pub mod client_ip;
 pub mod close;
 pub mod config;
 pub mod connection;
@@ -39,6 +43,7 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod subscriptions;
+pub mod tls;
 mod ws;
 
 pub use config::Config;

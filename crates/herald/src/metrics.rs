@@ -36,6 +36,10 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// Connections dropped for missing heartbeats.
     pub heartbeat_timeouts: AtomicU64,
+    /// Connections refused at connect for a token or origin (4501, 4003, 4503).
+    pub auth_refusals: AtomicU64,
+    /// Connections closed with 4003 because their token expired while open.
+    pub tokens_expired: AtomicU64,
 }
 
 impl Metrics {
@@ -116,6 +120,16 @@ impl Metrics {
                 "Connections dropped for missing heartbeats.",
                 &self.heartbeat_timeouts,
             ),
+            (
+                "herald_auth_refusals_total",
+                "Connections refused for a token or origin (close 4501/4003/4503).",
+                &self.auth_refusals,
+            ),
+            (
+                "herald_tokens_expired_total",
+                "Connections closed with 4003 when their token expired.",
+                &self.tokens_expired,
+            ),
         ];
         for (name, help, value) in counters {
             let value = value.load(Ordering::Relaxed);
@@ -125,9 +139,14 @@ impl Metrics {
             );
         }
         for (name, help, value) in extra {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
         out

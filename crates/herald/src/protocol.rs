@@ -96,6 +96,15 @@ pub fn parse_client_frame(text: &[u8]) -> Result<ClientFrame, BadHello> {
     })
 }
 
+/// Parses a binary frame sent after the hello: `u32 BE header length | header JSON | payload`.
+pub fn parse_client_binary(data: &[u8]) -> Result<ClientFrame, BadHello> {
+    let bad = BadHello("binary frame is not `u32 length | header JSON | payload`");
+    let (len, rest) = data.split_first_chunk::<4>().ok_or(bad.clone())?;
+    let len = u32::from_be_bytes(*len) as usize;
+    let header = rest.get(..len).ok_or(bad)?;
+    parse_client_frame(header)
+}
+
 /// Per-group part of a `welcome`.
 #[derive(Debug)]
 pub struct WelcomeStream<'a> {
@@ -179,5 +188,11 @@ mod tests {
             Ok(ClientFrame::Other)
         );
         assert!(parse_client_frame(b"nope").is_err());
+        let mut framed = 12u32.to_be_bytes().to_vec();
+        framed.extend_from_slice(br#"{"t":"pong"}"#);
+        framed.extend_from_slice(&[0, 1, 2]);
+        assert_eq!(parse_client_binary(&framed), Ok(ClientFrame::Pong));
+        assert!(parse_client_binary(&[0, 0, 0, 99, b'{']).is_err());
+        assert!(parse_client_binary(&[1, 2]).is_err());
     }
 }

@@ -34,6 +34,12 @@ pub enum RouteError {
     /// No groups.
     #[error("a route must name at least one group")]
     NoGroups,
+    /// `sub_param` names a parameter the path does not define.
+    #[error("sub_param {0:?} is not a parameter of the path")]
+    UnknownSubParam(String),
+    /// An `origins` entry is not `scheme://host[:port]`.
+    #[error("origin {0:?} must look like https://host[:port], with no path")]
+    BadOrigin(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +64,11 @@ pub struct Route {
     groups: Vec<Vec<Piece>>,
     /// How connections on this route authenticate.
     pub auth: AuthMode,
+    /// Index of the parameter a token's `sub` stands for (default grant); `None` when the
+    /// path has no parameter.
+    sub_param: Option<usize>,
+    /// Allowed `Origin` values, lowercased; empty = any.
+    origins: Vec<String>,
 }
 
 /// A request path matched against a route.
@@ -105,13 +116,57 @@ impl Route {
             .iter()
             .map(|g| compile_group(g, &params))
             .collect::<Result<Vec<_>, _>>()?;
+        let sub_param = match &config.sub_param {
+            Some(name) => Some(
+                params
+                    .iter()
+                    .position(|p| p == name)
+                    .ok_or_else(|| RouteError::UnknownSubParam(name.clone()))?,
+            ),
+            // The first parameter: `{user_id}` in the seed's route.
+            None => (!params.is_empty()).then_some(0),
+        };
+        let origins = config
+            .origins
+            .iter()
+            .map(|o| normalize_origin(o).ok_or_else(|| RouteError::BadOrigin(o.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             pattern: path.to_string(),
             segments,
             params,
             groups,
             auth: config.auth,
+            sub_param,
+            origins,
         })
+    }
+
+    /// Index of the path parameter bound to a token's `sub`.
+    pub fn sub_param(&self) -> Option<usize> {
+        self.sub_param
+    }
+
+    /// How many groups a connection on this route joins.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether a request with this `Origin` header may connect. Without an allow-list
+    /// anyone may; with one, a browser's origin must be listed. A request without
+    /// `Origin` is not from a browser page (browsers always send it on WebSocket
+    /// upgrades), and such a client could claim any origin anyway, so it passes.
+    pub fn allows_origin(&self, origin: Option<&[u8]>) -> bool {
+        if self.origins.is_empty() {
+            return true;
+        }
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = origin.strip_suffix(b"/").unwrap_or(origin);
+        self.origins
+            .iter()
+            .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin))
     }
 
     /// The path pattern as configured.
@@ -172,6 +227,22 @@ pub fn find<'r>(routes: &'r [Route], path: &str) -> Option<RouteMatch<'r>> {
     routes.iter().find_map(|r| r.matches(path))
 }
 
+/// `scheme://host[:port]` lowercased, without a trailing slash; `None` if it has a path,
+/// query, user info or odd characters.
+fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.strip_suffix('/').unwrap_or(origin);
+    let (scheme, rest) = origin.split_once("://")?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let host_ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    (scheme_ok && host_ok).then(|| origin.to_ascii_lowercase())
+}
+
 fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b)
 }
@@ -215,6 +286,8 @@ mod tests {
             path: path.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             auth: AuthMode::None,
+            sub_param: None,
+            origins: Vec::new(),
         })
     }
 
@@ -288,5 +361,44 @@ mod tests {
             Err(RouteError::BadGroup(_))
         ));
         assert!(matches!(route("/{a}", &[]), Err(RouteError::NoGroups)));
+        let mut config = RouteConfig::seed();
+        config.sub_param = Some("nope".into());
+        assert!(matches!(
+            Route::compile(&config),
+            Err(RouteError::UnknownSubParam(_))
+        ));
+        for bad in [
+            "app.example.com",
+            "https://a.com/path",
+            "https://u@a.com",
+            "://x",
+        ] {
+            let mut config = RouteConfig::seed();
+            config.origins = vec![bad.into()];
+            assert!(
+                matches!(Route::compile(&config), Err(RouteError::BadOrigin(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn sub_param_and_origins() {
+        let r = route("/t/{team}/u/{user}", &["user.{user}"]).unwrap();
+        assert_eq!(r.sub_param(), Some(0));
+        let mut config = RouteConfig::seed();
+        config.path = "/t/{team}/u/{user}".into();
+        config.groups = vec!["user.{user}".into()];
+        config.sub_param = Some("user".into());
+        config.origins = vec!["https://App.example.com/".into()];
+        let r = Route::compile(&config).unwrap();
+        assert_eq!(r.sub_param(), Some(1));
+        assert!(r.allows_origin(Some(b"https://app.example.com")));
+        assert!(r.allows_origin(Some(b"HTTPS://APP.EXAMPLE.COM/")));
+        assert!(r.allows_origin(None));
+        assert!(!r.allows_origin(Some(b"https://evil.example.com")));
+        assert!(!r.allows_origin(Some(b"https://app.example.com.evil.com")));
+        assert!(!r.allows_origin(Some(b"null")));
+        assert_eq!(route("/news/", &["news"]).unwrap().sub_param(), None);
     }
 }

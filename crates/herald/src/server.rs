@@ -1,9 +1,10 @@
 //! `run`: the accept loop, the shared state and the order of a graceful shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,12 +13,16 @@ use axum::routing::{get, post};
 use herald_core::Incoming;
 use hyper::body::Incoming as HyperBody;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::api::ApiKey;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -36,6 +41,9 @@ pub enum ServeError {
     /// The layer could not be created.
     #[error("layer: {0}")]
     Layer(String),
+    /// The Django bridge could not start (e.g. its Redis is unreachable).
+    #[error("django bridge: {0}")]
+    Django(#[from] herald_django::DjangoError),
 }
 
 /// The address the client connected from.
@@ -59,8 +67,20 @@ pub(crate) struct AppState {
     /// (one shared timer instead of one per connection).
     pub(crate) ticker: watch::Receiver<()>,
     pub(crate) next_conn_id: AtomicU64,
-    /// Publish API keys by name; empty = open API.
-    pub(crate) api_keys: Vec<(String, String)>,
+    /// Publish API keys by name, each with its request counter; empty = open API.
+    pub(crate) api_keys: Vec<ApiKey>,
+    /// Publish requests on an open API (no key configured).
+    pub(crate) open_publish_requests: AtomicU64,
+    /// Publish requests refused for a missing or wrong key.
+    pub(crate) unauthorized_publishes: AtomicU64,
+    /// Verifies connection tokens.
+    pub(crate) auth: Authenticator,
+    /// WebSocket connections per client IP key ([`crate::client_ip::limit_key`]).
+    /// Entries are removed at zero, so the map never outgrows the open connections. A std
+    /// mutex: held for one map operation, never across an await.
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// The Django bridge, when `[django] enabled`.
+    pub(crate) django: Option<herald_django::DjangoBridge>,
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -94,9 +114,24 @@ pub async fn serve(
     // needs the subscriptions task.
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
+    let django = if config.django.enabled {
+        // Stopped with the background tasks: leaving groups during a drain still updates
+        // the channels memberships.
+        let bridge = herald_django::DjangoBridge::start(
+            config.django.clone(),
+            layer.clone(),
+            stop_background.clone(),
+        )
+        .await?;
+        tracing::info!(backend = ?config.django.backend, "django bridge started");
+        Some(bridge)
+    } else {
+        None
+    };
     let subscriptions = Subscriptions::spawn(
         hub.clone(),
         layer.clone(),
+        django.clone(),
         &background,
         stop_background.clone(),
     );
@@ -110,15 +145,21 @@ pub async fn serve(
     let (tick_tx, ticker) = watch::channel(());
     background.spawn(tick(tick_tx, tick_every, stop_background.clone()));
 
-    let mut api_keys: Vec<(String, String)> = config
+    let mut api_keys: Vec<ApiKey> = config
         .api
         .keys
         .iter()
-        .map(|(n, k)| (n.clone(), k.clone()))
+        .map(|(n, k)| ApiKey::new(n, k))
         .collect();
     if let Some(key) = &config.api.key {
-        api_keys.push(("default".into(), key.clone()));
+        api_keys.push(ApiKey::new("default", key));
     }
+    let auth = Authenticator::new(&config.auth.load_secrets()?, config.auth.leeway);
+    let tls = if config.tls.is_enabled() {
+        Some(crate::tls::acceptor(&config.tls)?)
+    } else {
+        None
+    };
     let drain = config.shutdown.drain_timeout;
     let handshake_timeout = config.limits.handshake_timeout;
     let state = Arc::new(AppState {
@@ -133,6 +174,11 @@ pub async fn serve(
         ticker,
         next_conn_id: AtomicU64::new(1),
         api_keys,
+        open_publish_requests: AtomicU64::new(0),
+        unauthorized_publishes: AtomicU64::new(0),
+        auth,
+        per_ip: Mutex::new(HashMap::new()),
+        django: django.clone(),
     });
     let router = router(state.clone());
 
@@ -142,7 +188,15 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(http_connection(stream, peer, router.clone(), cancel.clone(), handshake_timeout, drain));
+                    // Small frames must leave at once; Nagle would hold them back.
+                    let _ = stream.set_nodelay(true);
+                    let conn = HttpConn { peer, router: router.clone(), cancel: cancel.clone(), handshake_timeout, drain };
+                    match &tls {
+                        // The TLS handshake runs inside the connection's task, so a slow
+                        // one never holds up the accept loop.
+                        Some(acceptor) => connections.spawn(conn.serve_tls(stream, acceptor.clone())),
+                        None => connections.spawn(conn.serve(stream)),
+                    };
                 }
                 Err(e) => {
                     // Usually EMFILE: back off briefly instead of spinning; the error is
@@ -166,6 +220,9 @@ pub async fn serve(
     stop_background.cancel();
     background.close();
     background.wait().await;
+    if let Some(bridge) = &django {
+        bridge.stopped().await;
+    }
     state.layer.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -183,35 +240,71 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn http_connection(
-    stream: TcpStream,
+/// One accepted TCP connection and what serving it needs.
+struct HttpConn {
     peer: SocketAddr,
     router: Router,
     cancel: CancellationToken,
     handshake_timeout: Duration,
     drain: Duration,
-) {
-    // Small frames must leave at once; Nagle would hold them back.
-    let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |mut req: Request<HyperBody>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        router.clone().oneshot(req)
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+}
+
+impl HttpConn {
+    /// Completes the TLS handshake within `limits.handshake_timeout`, then serves HTTP
+    /// over it. A failed or slow handshake just ends the connection.
+    async fn serve_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
+        let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream));
+        let tls = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            result = handshake => match result {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "tls handshake timed out");
+                    return;
+                }
+            },
+        };
+        self.serve(tls).await;
+    }
+
+    /// Serves HTTP/1.1 (and WebSocket upgrades) until the peer leaves or the drain ends.
+    /// Each request head must arrive within `limits.handshake_timeout`: hyper's header
+    /// read timer is what defeats slowloris clients.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            router,
+            cancel,
+            handshake_timeout,
+            drain,
+        } = self;
+        let service = hyper::service::service_fn(move |mut req: Request<HyperBody>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            router.clone().oneshot(req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(handshake_timeout)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                }
             }
-        }
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(drain, conn).await;
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(drain, conn).await;
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use herald_core::{GroupName, Layer};
+use herald_django::DjangoBridge;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -38,12 +39,13 @@ impl Subscriptions {
     pub fn spawn(
         hub: Arc<Hub>,
         layer: NodeLayer,
+        django: Option<DjangoBridge>,
         tracker: &tokio_util::task::TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         // Bounded: a burst of connects waits here rather than growing a queue.
         let (tx, rx) = mpsc::channel(1024);
-        tracker.spawn(run(rx, hub, layer, cancel));
+        tracker.spawn(run(rx, hub, layer, django, cancel));
         Self { tx }
     }
 
@@ -76,6 +78,7 @@ async fn run(
     mut rx: mpsc::Receiver<Check>,
     hub: Arc<Hub>,
     layer: NodeLayer,
+    django: Option<DjangoBridge>,
     cancel: CancellationToken,
 ) {
     let mut subscribed: HashSet<GroupName> = HashSet::new();
@@ -93,6 +96,12 @@ async fn run(
             match layer.subscribe(&check.group).await {
                 Ok(()) => {
                     subscribed.insert(check.group.clone());
+                    // The Django bridge follows the same edges: this node now has members.
+                    if let Some(bridge) = &django {
+                        if let Err(e) = bridge.group_active(&check.group).await {
+                            tracing::warn!(group = %check.group, error = %e, "django membership failed");
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(group = %check.group, error = %e, "subscribe failed"),
             }
@@ -100,6 +109,11 @@ async fn run(
             match layer.unsubscribe(&check.group).await {
                 Ok(()) => {
                     subscribed.remove(&check.group);
+                    if let Some(bridge) = &django {
+                        if let Err(e) = bridge.group_inactive(&check.group).await {
+                            tracing::warn!(group = %check.group, error = %e, "django membership release failed");
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(group = %check.group, error = %e, "unsubscribe failed"),
             }

@@ -1,6 +1,8 @@
-//! The gateway: matches a WebSocket upgrade request to a route, checks it, joins the
-//! connection to its groups and hands the upgraded socket to its connection task.
+//! The gateway: matches a WebSocket upgrade request to a route, checks it (limits,
+//! origin, token), joins the connection to its groups and hands the upgraded socket to its
+//! connection task.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -12,19 +14,25 @@ use herald_ws::{Limits, check_upgrade, offers_protocol};
 use hyper_util::rt::TokioIo;
 
 use crate::api::ApiError;
+use crate::client_ip;
 use crate::close;
-use crate::connection::Connection;
+use crate::config::AuthMode;
+use crate::connection::{Connection, PendingAuth};
 use crate::hub::Mode;
 use crate::metrics::Metrics;
 use crate::protocol::SUBPROTOCOL;
-use crate::route;
-use crate::server::AppState;
+use crate::server::{AppState, PeerAddr};
 
 /// Handles every request no other route took: WebSocket upgrades on configured routes,
 /// 404 for everything else.
 pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
-    let Some(matched) = route::find(&state.routes, &path) else {
+    let found = state
+        .routes
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.matches(&path).map(|m| (i, m)));
+    let Some((route_index, matched)) = found else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -69,6 +77,17 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
     } else {
         Mode::Plain
     };
+    let client = req.extensions().get::<PeerAddr>().map(|peer| {
+        client_ip::resolve(
+            peer.0.ip(),
+            req.headers(),
+            &state.config.limits.trusted_proxies,
+        )
+    });
+    let origin_allowed = matched
+        .route
+        .allows_origin(req.headers().get(header::ORIGIN).map(|v| v.as_bytes()));
+    let url_token = req.uri().query().and_then(query_token);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = Limits {
         max_frame: state.config.limits.max_message_bytes,
@@ -76,19 +95,64 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
     };
 
     // Refusals after route matching accept the upgrade and then close with a code: a
-    // browser shows an HTTP error as a bare 1006 and would retry forever.
-    let slot = ConnectionSlot::take(&state);
-    let task = if slot.is_none() {
-        Metrics::add(&state.metrics.connections_rejected, 1);
-        Upgrade::Refuse(close::TRY_AGAIN_LATER, "connection limit reached")
-    } else {
-        let mut connection = Connection::new(state.clone(), groups, mode);
-        if mode == Mode::Plain {
-            // Join before answering 101: once the client sees the upgrade, every message
-            // published to its groups reaches it.
-            connection.join().await;
+    // browser shows an HTTP error as a bare 1006 and would retry forever. Limits come
+    // first (cheapest), then the origin, then the token; a refused connection keeps its
+    // slot until its close handshake ends, so refusals count against the limits too.
+    let slot = ConnectionSlot::take(&state, client);
+    let task = match &slot {
+        Err(reason) => {
+            Metrics::add(&state.metrics.connections_rejected, 1);
+            tracing::debug!(client = ?client, reason, "connection refused");
+            Upgrade::Refuse(close::TRY_AGAIN_LATER, reason)
         }
-        Upgrade::Serve(connection)
+        Ok(_) if !origin_allowed => {
+            Metrics::add(&state.metrics.auth_refusals, 1);
+            tracing::debug!(client = ?client, route = matched.route.pattern(), "origin refused");
+            Upgrade::Refuse(close::FORBIDDEN, "origin not allowed")
+        }
+        Ok(_) => {
+            let refusal = match (matched.route.auth, mode) {
+                (AuthMode::Token, Mode::Plain) => {
+                    // Plain clients can only bring a token in the URL: check it now, before
+                    // joining, so a refused connection never joins anything.
+                    match state.auth.authorize(
+                        url_token.as_deref(),
+                        matched.route,
+                        &matched.values,
+                        &groups,
+                    ) {
+                        Ok(grant) => Ok(Some(grant.deadline())),
+                        Err(refusal) => Err(refusal),
+                    }
+                }
+                _ => Ok(None),
+            };
+            match refusal {
+                Err(refusal) => {
+                    Metrics::add(&state.metrics.auth_refusals, 1);
+                    tracing::debug!(client = ?client, route = matched.route.pattern(), code = refusal.close_code(), %refusal, "connection refused");
+                    Upgrade::Refuse(refusal.close_code(), refusal.reason())
+                }
+                Ok(expires) => {
+                    let auth = matched.route.auth;
+                    let mut connection = Connection::new(state.clone(), groups, mode);
+                    connection.expires = expires;
+                    if mode == Mode::Plain {
+                        // Join before answering 101: once the client sees the upgrade, every
+                        // message published to its groups reaches it.
+                        connection.join().await;
+                    } else if auth == AuthMode::Token {
+                        // herald.v1 authorizes after the hello, which may carry the token.
+                        connection.pending_auth = Some(Box::new(PendingAuth {
+                            url_token,
+                            route: route_index,
+                            values: matched.values,
+                        }));
+                    }
+                    Upgrade::Serve(connection)
+                }
+            }
+        }
     };
     let tracker = state.tracker.clone();
     tracker.spawn(async move {
@@ -129,25 +193,112 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
     response
 }
 
-/// One place under `limits.max_connections`, released on drop.
-struct ConnectionSlot(Arc<AppState>);
+/// One place under `limits.max_connections` and `limits.max_connections_per_ip`,
+/// released on drop.
+struct ConnectionSlot {
+    state: Arc<AppState>,
+    /// The per-IP key counted, when the client address is known.
+    ip: Option<IpAddr>,
+}
 
 impl ConnectionSlot {
-    fn take(state: &Arc<AppState>) -> Option<Self> {
+    /// Takes a place, or says which limit is reached (the close reason).
+    fn take(state: &Arc<AppState>, client: Option<IpAddr>) -> Result<Self, &'static str> {
         let max = state.config.limits.max_connections as i64;
         let before = state.metrics.connections.fetch_add(1, Ordering::AcqRel);
         if before >= max {
             state.metrics.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err("connection limit reached");
+        }
+        let ip = client.map(client_ip::limit_key);
+        if let Some(ip) = ip {
+            let max_per_ip = state.config.limits.max_connections_per_ip;
+            // A panic elsewhere cannot leave the map half-updated: every critical section
+            // is one map operation, so a poisoned lock is still consistent.
+            let mut per_ip = state
+                .per_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count as usize >= max_per_ip {
+                drop(per_ip);
+                state.metrics.connections.fetch_sub(1, Ordering::AcqRel);
+                return Err("connection limit per client address reached");
+            }
+            *count += 1;
         }
         Metrics::add(&state.metrics.connections_total, 1);
-        Some(Self(state.clone()))
+        Ok(Self {
+            state: state.clone(),
+            ip,
+        })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.metrics.connections.fetch_sub(1, Ordering::AcqRel);
+        self.state
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self
+                .state
+                .per_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    // Removed at zero: the map holds only addresses with open connections.
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// The `token` parameter of a query string, percent-decoded. JWTs need no encoding, but
+/// a client may encode one anyway.
+fn query_token(query: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (b, escaped) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_the_query() {
+        assert_eq!(query_token("token=a.b.c").as_deref(), Some("a.b.c"));
+        assert_eq!(query_token("x=1&token=a%2Eb&y=2").as_deref(), Some("a.b"));
+        assert_eq!(query_token("token=%zz%4").as_deref(), Some("%zz%4"));
+        assert_eq!(query_token("token=%+1").as_deref(), Some("%+1"));
+        assert_eq!(query_token("tokens=x"), None);
+        assert_eq!(query_token(""), None);
     }
 }
 

@@ -373,3 +373,30 @@ async fn a_history_lost_under_a_connected_client_makes_it_resync() {
     assert_eq!(w.offset, 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn client_frames_after_hello_are_ignored_when_well_formed() {
+    let server = TestServer::start().await;
+    let mut client = V1Client::connect(&url(&server, "6"), BTreeMap::new())
+        .await
+        .unwrap();
+    client.send_text("{\"t\":\"m\"}\npage data").await.unwrap();
+    let mut framed = 9u32.to_be_bytes().to_vec();
+    framed.extend_from_slice(b"{\"t\":\"m\"}");
+    framed.extend_from_slice(&[1, 2, 3]);
+    client.send_binary(&framed).await.unwrap();
+    server
+        .publish(r#"{"group":"user.6","text":"still open"}"#)
+        .await;
+    assert_eq!(
+        &client.next_message(WAIT).await.unwrap().payload[..],
+        b"still open"
+    );
+    // A malformed one is a bad request.
+    client.send_binary(&[0, 0, 0, 50, b'{']).await.unwrap();
+    assert_eq!(
+        client.next_within(WAIT).await.unwrap(),
+        Some(V1Event::Closed(4500))
+    );
+    server.stop().await;
+}

@@ -45,10 +45,32 @@ enum Command {
         /// Send the payload as a binary frame instead of text.
         #[arg(long)]
         binary: bool,
+        /// Also send it into the Django Channels group (needs `[django] enabled`).
+        #[arg(long)]
+        django: bool,
         /// The group, e.g. user.42.
         group: String,
         /// The payload; read from standard input when omitted.
         payload: Option<String>,
+    },
+    /// Mint a connection token (HS256 JWT) for routes with `auth = "token"`; prints it.
+    Token {
+        /// The subject: the user the token speaks for (e.g. the `{user_id}` of the route).
+        #[arg(long)]
+        sub: String,
+        /// Limit the token to these groups, comma-separated: names or `prefix.*` patterns.
+        /// Without it, the token opens the routes whose groups its `sub` yields.
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+        /// How long the token is valid, e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Configuration file whose first `[auth]` secret signs the token.
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        /// The secret to sign with (overrides the configuration).
+        #[arg(long, env = "HERALD_AUTH_SECRET", hide_env_values = true)]
+        secret: Option<String>,
     },
 }
 
@@ -67,13 +89,22 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config, listen } => runtime.block_on(serve(config, listen)),
+        Command::Token {
+            sub,
+            groups,
+            ttl,
+            config,
+            secret,
+        } => token(&sub, groups, ttl, config, secret),
         Command::Publish {
             server,
             api_key,
             binary,
+
+            django,
             group,
             payload,
-        } => runtime.block_on(publish(server, api_key, binary, group, payload)),
+        } => runtime.block_on(publish(server, api_key, binary, django, group, payload)),
     }
 }
 
@@ -97,6 +128,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> E
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    raise_open_files_limit();
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -112,7 +144,12 @@ async fn serve(file: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> E
         }
     };
     // The one line tools and tests read: the real address, port 0 resolved.
-    println!("listening on http://{addr}");
+    let scheme = if config.tls.is_enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("listening on {scheme}://{addr}");
     match herald::run(listener, config, herald::server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -126,6 +163,7 @@ async fn publish(
     server: String,
     api_key: Option<String>,
     binary: bool,
+    django: bool,
     group: String,
     payload: Option<String>,
 ) -> ExitCode {
@@ -140,7 +178,16 @@ async fn publish(
             buf
         }
     };
-    match herald::cli::publish(&server, api_key.as_deref(), &group, &payload, binary).await {
+    match herald::cli::publish(
+        &server,
+        api_key.as_deref(),
+        &group,
+        &payload,
+        binary,
+        django,
+    )
+    .await
+    {
         Ok(answer) => {
             println!("{answer}");
             ExitCode::SUCCESS
@@ -148,6 +195,50 @@ async fn publish(
         Err(e) => {
             eprintln!("herald: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Each WebSocket holds a file descriptor: raise the soft limit to the hard one, so the
+/// node can hold as many connections as the machine allows, and say what it is.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+/// `herald token`: signs with `--secret`, else with the configuration's first secret.
+fn token(
+    sub: &str,
+    groups: Option<Vec<String>>,
+    ttl: std::time::Duration,
+    config: Option<PathBuf>,
+    secret: Option<String>,
+) -> ExitCode {
+    let secret = match secret {
+        Some(secret) => secret.into_bytes(),
+        None => {
+            let secrets = Config::load(config.as_deref(), std::env::vars())
+                .and_then(|c| c.auth.load_secrets());
+            match secrets {
+                Ok(secrets) => secrets.into_iter().next().unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let groups = groups.map(|g| g.into_iter().map(|p| p.trim().to_string()).collect());
+    match herald::auth::mint(&secret, sub, groups, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::from(2)
         }
     }
 }

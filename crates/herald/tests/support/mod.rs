@@ -2,6 +2,8 @@
 //! helpers, and the `herald` binary for process-level tests.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,6 +29,14 @@ impl TestServer {
 
     /// Starts a server with `config` (its `listen` is ignored: port 0 is used).
     pub async fn with_config(config: Config) -> Self {
+        let server = Self::with_config_unchecked(config).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts a server without waiting for `/readyz` (which a TLS port does not answer
+    /// in plain HTTP). The listener is bound, so connections queue until it accepts.
+    pub async fn with_config_unchecked(config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -35,13 +45,11 @@ impl TestServer {
         let task = tokio::spawn(herald::run(listener, config, async move {
             let _ = rx.await;
         }));
-        let server = Self {
+        Self {
             addr,
             shutdown: Some(tx),
             task: Some(task),
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
     /// Waits (≤ 10 s) until `/readyz` answers 200: the layer is connected.

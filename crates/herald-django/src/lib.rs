@@ -1,0 +1,128 @@
+//! herald's Django bridge: herald speaks channels_redis' Redis wire format, so that
+//! unchanged Django Channels code reaches herald's WebSocket clients, and herald can send
+//! into channels groups that Django consumers (under daphne) receive.
+//!
+//! ```python
+//! # Django, unchanged: the notification reaches every browser connected to herald's
+//! # /message/42/stream/ (herald group "user.42"; see group_map below).
+//! async_to_sync(channel_layer.group_send)("user_42", {"type": "notify", "text": json.dumps(n)})
+//! ```
+//!
+//! The message's `text` (a str) becomes a text frame, `bytes` (Python bytes) a binary
+//! frame, byte for byte. `type` is not used for delivery: herald has no handlers.
+//!
+//! # Using it from the server
+//!
+//! ```ignore
+//! let bridge = DjangoBridge::start(config.django.clone(), layer.clone(), shutdown.clone()).await?;
+//! // From the task that orders subscriptions (the hub's first-join / last-leave edges):
+//! bridge.group_active(&group).await?;    // first local member of `group` joined
+//! bridge.group_inactive(&group).await?;  // last local member of `group` left
+//! // Optionally, forward herald publishes to Django consumers of the same group:
+//! let report = bridge.group_send(&group, &payload).await?;
+//! // Metrics:
+//! let stats: DjangoStats = bridge.stats();
+//! // Shutdown: cancel the token (or call bridge.shutdown().await), then
+//! bridge.stopped().await;
+//! ```
+//!
+//! - [`DjangoBridge::start`]`<L: Layer>(DjangoConfig, L, CancellationToken) -> Result<DjangoBridge, DjangoError>`
+//!   validates the config, connects every shard and spawns the tasks. Messages from Django
+//!   are published with `layer.publish(group, payload)`, so they get offsets and history
+//!   and reach every node through the layer like any other publish.
+//! - [`DjangoBridge::group_active`] / [`DjangoBridge::group_inactive`] `(&GroupName) -> Result<(), DjangoError>`:
+//!   idempotent; call them in order for a group (the server's subscriptions task does).
+//! - [`DjangoBridge::group_send`]`(&GroupName, &Payload) -> Result<SendReport, DjangoError>`:
+//!   `{"type": message_type, "text" | "bytes": ...}` into the mapped channels group.
+//! - [`DjangoBridge::stats`]`() -> DjangoStats`: counters and the backlog gauge.
+//! - [`DjangoBridge::shutdown`] / [`DjangoBridge::stopped`]: stop / wait for the tasks.
+//!
+//! # Configuration (`[django]` in herald.toml)
+//!
+//! ```toml
+//! [django]
+//! enabled = true
+//! backend = "core"                           # "core" = RedisChannelLayer, "pubsub" = RedisPubSubChannelLayer
+//! hosts = ["redis://127.0.0.1:6379"]         # Django's hosts, same order (shards)
+//! prefix = "asgi"                            # Django's prefix
+//! expiry = 60                                # Django's expiry
+//! group_expiry = 86400                       # Django's group_expiry
+//! capacity = 100                             # Django's capacity
+//! channel_capacity = [{ pattern = "specific.herald!*", capacity = 10000 }]   # mirror Django's
+//! random_prefix_length = 12                  # Django's (core only)
+//! symmetric_encryption_keys = []             # Django's, same order
+//! group_map = [{ herald = "user.{id}", channels = "user_{id}" }]             # default: identity
+//! channel_prefix = "herald"                  # herald's channel names: specific.herald!<group>
+//! message_type = "herald.message"            # type of herald -> Django messages
+//! ```
+//!
+//! Every field and its default is documented on [`DjangoConfig`]. Everything Django sets in
+//! `CHANNEL_LAYERS["default"]["CONFIG"]` that affects the wire must be mirrored here.
+//!
+//! # Django-side settings
+//!
+//! **`channel_capacity` for herald's queue (core).** channels_redis limits each Redis
+//! queue key to `capacity` (100) messages and `group_send` drops silently beyond it.
+//! *All* messages for *all* herald groups share one key, `asgispecific.herald!`, so a burst
+//! of 100 notifications in flight would already lose messages. Give herald's channels a
+//! large capacity on the Django side (the glob is matched against the full channel name):
+//!
+//! ```python
+//! CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {
+//!     "hosts": [{"address": "redis://127.0.0.1:6379", "socket_timeout": None}],
+//!     "channel_capacity": {"specific.herald!*": 10000},
+//! }}}
+//! ```
+//!
+//! and mirror it in `[django] channel_capacity` so that [`DjangoStats::backlog_capacity`]
+//! and the near-capacity warning use the same limit. herald drains the key continuously;
+//! [`DjangoStats::backlog`] shows how far behind it is.
+//!
+//! **redis-py ≥ 8** sets a 5 s socket timeout that breaks channels_redis' 5 s `BZPOPMIN`:
+//! idle Django consumers die with 1011. Use `"socket_timeout": None` in the host dict, as
+//! above, or pin `redis<8`.
+//!
+//! # How it works
+//!
+//! - **core backend**: see [`core`] — one shared process-specific channel
+//!   prefix for all nodes, one queue key drained by every node with `BZPOPMIN` (Redis
+//!   gives each message to exactly one node), and leased memberships refreshed with
+//!   `ZADD GT` so they live while any node has members and lapse `membership_lease`
+//!   seconds after the last one left.
+//! - **pubsub backend**: see [`pubsub`] — every node subscribes to the
+//!   groups it holds and a per-message claim in Redis picks the one node that publishes.
+//! - Redis names: [`keys`]. Wire format: [`codec`].
+//!
+//! Delivery into herald is exactly once while nodes stay up, and at most once if a node
+//! dies between taking a message and publishing it. With several nodes draining, two
+//! messages sent in quick succession may be published in either order.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`DjangoConfig`], [`Backend`], [`CapacityRule`].
+//! - [`group_map`]: herald group ↔ channels group rules.
+//! - [`codec`]: random prefix, Fernet, msgpack (a private `fernet` module holds the cipher).
+//! - [`keys`]: Redis names and the consistent hash.
+//! - [`core`] / [`pubsub`]: the two backends; [`DjangoBridge`] and [`DjangoStats`] are the handle
+//!   and its metrics.
+
+mod backoff;
+mod bridge;
+pub mod codec;
+pub mod config;
+pub mod core;
+mod error;
+mod fernet;
+pub mod group_map;
+mod ingest;
+pub mod keys;
+pub mod pubsub;
+mod stats;
+
+pub use bridge::{DjangoBridge, SendReport};
+pub use codec::{Body, ChannelsMessage, Codec, DecodeError, Targets};
+pub use config::{Backend, CapacityRule, DjangoConfig, InvalidConfig};
+pub use error::DjangoError;
+pub use group_map::{GroupMap, GroupMapRule};
+pub use stats::DjangoStats;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,383 @@
+//! The `RedisPubSubChannelLayer` backend: herald subscribes to the channels groups it
+//! holds, and publishes into them.
+//!
+//! # Receiving, exactly once across nodes
+//!
+//! Django's `group_send` is one `PUBLISH <prefix>__group__<group>`, and every subscribed
+//! herald node hears it. Before publishing into herald's layer, a node claims the message
+//! in Redis (on the shard the message came from) with one script over a hash keyed by
+//! `sha256(channel, payload)`:
+//!
+//! - each node counts how often it has heard these exact bytes (`HINCRBY hash <node>`),
+//! - the hash remembers how many occurrences were delivered (`#delivered`),
+//! - a node whose count exceeds `#delivered` delivers and raises `#delivered` to its count.
+//!
+//! So the k-th identical copy is delivered by whichever node hears its k-th copy first,
+//! and by no other. A node hearing these bytes for the first time while others already
+//! delivered some (it restarted, or subscribed later) aligns its count with theirs: if the
+//! last delivery was under [`ALIGN_MS`] ago, that delivery was of the copy it hears now
+//! (every subscriber hears a PUBLISH within milliseconds), otherwise it hears a new copy.
+//! The one case this cannot tell apart — every node subscribed to the channel being new
+//! and the same bytes published twice within [`ALIGN_MS`] — delivers the second copy once
+//! fewer; it is counted in `skipped`. pubsub payloads carry no random prefix, so this counting is what keeps
+//! two genuinely repeated messages (the same text twice) from being merged, while a node
+//! that subscribed late cannot deliver an old copy twice. The hash expires
+//! [`DEDUP_WINDOW_SECS`] after its last use. A node that claims a message and dies before
+//! publishing loses it (at most once).
+//!
+//! Herald's own `group_send` comes back to herald's subscribers; messages whose `type` is
+//! the configured `message_type` are skipped on receive, so nothing loops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald_core::{GroupName, Layer, Payload, PayloadKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::bridge::{SendReport, Shared};
+use crate::codec::{Body, ChannelsMessage, Targets};
+use crate::error::DjangoError;
+use crate::ingest::{Ingest, payload_of};
+use crate::keys::consistent_hash;
+use crate::stats::bump;
+
+/// How long a claim hash lives after its last use. Every node hears a PUBLISH within
+/// milliseconds, so a minute is far beyond any real spread.
+pub const DEDUP_WINDOW_SECS: u64 = 60;
+
+/// How close in time two nodes' claims of identical bytes must be to count as the same
+/// copy, for a node that has no count of its own yet.
+pub const ALIGN_MS: u64 = 1000;
+
+/// The claim; see the module docs. KEYS[1]: the hash. ARGV: node id, window seconds,
+/// alignment milliseconds.
+/// Returns 1 when this node delivers.
+const CLAIM_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local heard = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local delivered = tonumber(redis.call('HGET', KEYS[1], '#delivered') or '0')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if heard == 1 and delivered > 0 then
+    local at = tonumber(redis.call('HGET', KEYS[1], '#at') or '0')
+    if now - at < tonumber(ARGV[3]) then
+        redis.call('HSET', KEYS[1], ARGV[1], delivered)
+        return 0
+    end
+    heard = delivered + 1
+    redis.call('HSET', KEYS[1], ARGV[1], heard)
+end
+if heard > delivered then
+    redis.call('HSET', KEYS[1], '#delivered', heard, '#at', now)
+    return 1
+end
+return 0
+"#;
+
+/// Why a subscription change is not confirmed (it is still recorded, and applied when
+/// the connection is back).
+#[derive(Debug)]
+pub(crate) enum Unconfirmed {
+    /// Redis answered with an error, or the connection broke during the command.
+    Redis(redis::RedisError),
+    /// The shard's connection is down right now.
+    Disconnected,
+}
+
+/// The answer to a [`Command`].
+pub(crate) type Reply = oneshot::Sender<Result<(), Unconfirmed>>;
+
+/// The claim script, hashed once (it is run for every message heard).
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
+
+/// A change to one shard's subscriptions, answered once Redis confirmed it.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// One more herald group needs this pub/sub channel.
+    Add(String, Reply),
+    /// One herald group less needs it; unsubscribed at zero.
+    Remove(String, Reply),
+}
+
+/// Capacity of each shard task's command queue. Commands come from group joins and
+/// leaves, which the server issues one at a time, so a small bound is plenty.
+pub(crate) const COMMAND_QUEUE: usize = 64;
+
+/// The pub/sub channel and shard for a herald group.
+pub(crate) fn channel_for(
+    shared: &Shared,
+    group: &GroupName,
+) -> Result<(usize, String), DjangoError> {
+    let channels_group = shared
+        .map
+        .to_channels(group)
+        .ok_or_else(|| DjangoError::Unmappable(group.clone()))?;
+    let channel = shared.keys.pubsub_group_channel(&channels_group);
+    // channels_redis' pubsub layer hashes the full channel name, prefix included.
+    let shard = consistent_hash(&channel, shared.shards.len());
+    Ok((shard, channel))
+}
+
+/// Django's pubsub `group_send`, done by herald: one PUBLISH of bare msgpack (or a bare
+/// Fernet token), no random prefix, no `__asgi_channel__`.
+pub(crate) async fn group_send(
+    shared: &Shared,
+    group: &GroupName,
+    payload: &Payload,
+) -> Result<SendReport, DjangoError> {
+    let (shard, channel) = channel_for(shared, group)?;
+    let body = match payload.kind() {
+        PayloadKind::Text => Body::Text(String::from_utf8_lossy(payload.data()).into_owned()),
+        PayloadKind::Binary => Body::Bytes(payload.data().clone()),
+    };
+    let message = ChannelsMessage {
+        msg_type: Some(shared.config.message_type.clone()),
+        body: Some(body),
+        targets: Targets::None,
+    };
+    let mut conn = shared.shards[shard].conn.clone();
+    let receivers: u64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(shared.codec.encode(&message))
+        .query_async(&mut conn)
+        .await
+        .map_err(|source| DjangoError::Redis { shard, source })?;
+    bump(&shared.counters.sent);
+    Ok(SendReport {
+        // PUBLISH counts subscribed connections (herald's own included): processes, not
+        // consumers, but the closest thing pub/sub reports.
+        members: usize::try_from(receivers).unwrap_or(usize::MAX),
+        queued: 1,
+        full: 0,
+    })
+}
+
+/// Owns one shard's SUBSCRIBE connection until shutdown: applies commands, handles
+/// messages, and after a lost connection reconnects with backoff and re-subscribes.
+pub(crate) async fn run_shard<L: Layer>(
+    shared: Arc<Shared>,
+    ingest: Arc<Ingest<L>>,
+    shard: usize,
+    mut commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) {
+    // channel -> number of herald groups on this node that need it.
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut failing = false;
+    // Set after any failure: the next connection attempt waits out the backoff first.
+    let mut delay = false;
+    'connect: loop {
+        // Commands keep being answered while disconnected, so joins do not hang; what
+        // they change in `wanted` is applied once connected.
+        if delay && !wait_answering(&mut backoff, &mut commands, &mut wanted, &shutdown).await {
+            return;
+        }
+        delay = true;
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = shared.shards[shard].client.get_async_pubsub() => c,
+        };
+        let (mut sink, mut stream) = match connected {
+            Ok(pubsub) => pubsub.split(),
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(shard, %error, "django bridge cannot reach redis pub/sub; retrying");
+                    failing = true;
+                }
+                continue;
+            }
+        };
+        if !wanted.is_empty() {
+            let channels: Vec<&String> = wanted.keys().collect();
+            if let Err(error) = sink.subscribe(&channels).await {
+                tracing::warn!(shard, %error, "cannot re-subscribe django groups; reconnecting");
+                failing = true;
+                continue;
+            }
+        }
+        if failing {
+            tracing::info!(shard, "django bridge reconnected to redis pub/sub");
+            failing = false;
+        }
+        backoff.reset();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let (channel, reply, add) = match command {
+                        Command::Add(c, r) => (c, r, true),
+                        Command::Remove(c, r) => (c, r, false),
+                    };
+                    let result = match change(&mut wanted, &channel, add) {
+                        Some(true) => sink.subscribe(&channel).await,
+                        Some(false) => sink.unsubscribe(&channel).await,
+                        None => Ok(()),
+                    };
+                    let failed = result.is_err();
+                    // The caller may have given up waiting; nothing to do then.
+                    let _ = reply.send(result.map_err(Unconfirmed::Redis));
+                    if failed {
+                        continue 'connect;
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        tracing::warn!(shard, "django pub/sub connection closed; reconnecting");
+                        failing = true;
+                        continue 'connect;
+                    };
+                    handle_message(&shared, &ingest, shard, &message).await;
+                }
+            }
+        }
+    }
+}
+
+/// Applies a refcount change; `Some(true)` = subscribe now, `Some(false)` = unsubscribe.
+fn change(wanted: &mut HashMap<String, usize>, channel: &str, add: bool) -> Option<bool> {
+    if add {
+        let count = wanted.entry(channel.to_owned()).or_insert(0);
+        *count += 1;
+        (*count == 1).then_some(true)
+    } else {
+        match wanted.get_mut(channel) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                None
+            }
+            Some(_) => {
+                wanted.remove(channel);
+                Some(false)
+            }
+            None => None,
+        }
+    }
+}
+
+/// Sleeps the backoff while still answering commands (recording them in `wanted` for the
+/// next connection). Returns `false` on shutdown.
+async fn wait_answering(
+    backoff: &mut Backoff,
+    commands: &mut mpsc::Receiver<Command>,
+    wanted: &mut HashMap<String, usize>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let sleep = backoff.wait(shutdown);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            alive = &mut sleep => return alive,
+            command = commands.recv() => match command {
+                None => return false,
+                Some(Command::Add(channel, reply)) => {
+                    change(wanted, &channel, true);
+                    // Recorded for the next connection, but not in force yet: say so.
+                    let _ = reply.send(Err(Unconfirmed::Disconnected));
+                }
+                Some(Command::Remove(channel, reply)) => {
+                    // Nothing is subscribed while disconnected, so a removal is complete.
+                    change(wanted, &channel, false);
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the claim script, retrying briefly: the first command after a lost connection
+/// fails while the shared connection reconnects, and the message must not be lost to that.
+async fn claim(shared: &Shared, shard: usize, key: &str) -> redis::RedisResult<i64> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 1;
+    loop {
+        let mut conn = shared.shards[shard].conn.clone();
+        let result = CLAIM
+            .key(key)
+            .arg(&shared.node_id)
+            .arg(DEDUP_WINDOW_SECS)
+            .arg(ALIGN_MS)
+            .invoke_async(&mut conn)
+            .await;
+        match result {
+            Err(_) if attempt < ATTEMPTS => {
+                // 100, 200, 400 ms: well inside the dedup window, so a retried claim is
+                // still compared with the other nodes' claims of the same message.
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One PUBLISH heard: decode, skip herald's own, claim, publish into herald's layer.
+async fn handle_message<L: Layer>(
+    shared: &Shared,
+    ingest: &Ingest<L>,
+    shard: usize,
+    message: &redis::Msg,
+) {
+    bump(&shared.counters.received);
+    let channel = message.get_channel_name();
+    let Some(group) = shared
+        .keys
+        .channels_group_of_pubsub(channel)
+        .and_then(|c| shared.map.to_herald(c))
+    else {
+        shared.counters.decode_error(&format_args!(
+            "pub/sub channel {channel:?} names no herald group"
+        ));
+        return;
+    };
+    let raw = message.get_payload_bytes();
+    let decoded = match shared.codec.decode(raw) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            shared.counters.decode_error(&error);
+            return;
+        }
+    };
+    if decoded.msg_type.as_deref() == Some(shared.config.message_type.as_str()) {
+        bump(&shared.counters.skipped);
+        return;
+    }
+    let Some(payload) = payload_of(decoded, &shared.counters) else {
+        return;
+    };
+    let key = shared.keys.dedup_key(channel, raw);
+    let claimed = claim(shared, shard, &key).await;
+    match claimed {
+        Ok(1) => ingest.publish(&[group], &payload).await,
+        Ok(_) => {
+            bump(&shared.counters.skipped);
+        }
+        Err(error) => {
+            // Without the claim there is no way to know whether another node delivers;
+            // skipping keeps "at most once".
+            bump(&shared.counters.publish_failures);
+            tracing::warn!(shard, %error, "cannot claim a django pub/sub message; dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refcounts() {
+        let mut wanted = HashMap::new();
+        assert_eq!(change(&mut wanted, "a", true), Some(true));
+        assert_eq!(change(&mut wanted, "a", true), None);
+        assert_eq!(change(&mut wanted, "a", false), None);
+        assert_eq!(change(&mut wanted, "a", false), Some(false));
+        assert_eq!(change(&mut wanted, "a", false), None);
+        assert!(wanted.is_empty());
+    }
+}

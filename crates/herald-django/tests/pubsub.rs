@@ -1,0 +1,134 @@
+//! The pubsub backend (`RedisPubSubChannelLayer`) against real redis-server and Django.
+
+mod support;
+
+use herald_core::Payload;
+use herald_testkit::redis::RedisProcess;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_django_message_enters_herald_once_across_nodes() {
+    let redis = RedisProcess::start();
+    let django = DjangoSide::pubsub(vec![redis.url()]);
+    let sink = CountingLayer::default();
+    let shutdown = CancellationToken::new();
+    // group_active returns once subscribed, so every node hears what follows.
+    let nodes = start_nodes(3, &django.herald_config(), &sink, &["user.42"], &shutdown).await;
+
+    // pubsub payloads have no random prefix: ten identical messages must stay ten.
+    django.group_send("user.42", "same", 10).await;
+    django.group_send("user.42", "other", 5).await;
+    // Every node hears every message and settles its claim before counting it as
+    // published or skipped; once all have, the totals are final.
+    eventually(DEADLINE, "every node to settle every message", || async {
+        nodes.iter().all(|n| {
+            let s = n.stats();
+            s.received == 15 && s.published + s.skipped == 15
+        })
+    })
+    .await;
+    let published = sink.published();
+    assert_eq!(published.len(), 15);
+    assert_eq!(
+        published
+            .iter()
+            .filter(|(_, p)| *p == Payload::text("same"))
+            .count(),
+        10
+    );
+    assert!(published.iter().all(|(g, _)| g.as_str() == "user.42"));
+    assert_eq!(total(&nodes, |s| s.skipped), 30);
+    stop(shutdown, nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_pubsub_both_ways_without_echo() {
+    let redis = RedisProcess::start();
+    let mut django = DjangoSide::pubsub(vec![redis.url()]);
+    django.keys = vec!["s3cret".into()];
+    let sink = CountingLayer::default();
+    let shutdown = CancellationToken::new();
+    let nodes = start_nodes(2, &django.herald_config(), &sink, &["user.42"], &shutdown).await;
+
+    django.group_send("user.42", "encrypted hello", 1).await;
+    eventually(DEADLINE, "the django message", || async {
+        sink.count() == 1
+    })
+    .await;
+    assert_eq!(sink.published()[0].1, Payload::text("encrypted hello"));
+
+    let mut listener = django.spawn(&["recv", "user.42", "1", "20"]);
+    listener.next().await;
+    let report = nodes[0]
+        .group_send(&group("user.42"), &Payload::text("from herald"))
+        .await
+        .unwrap();
+    // The Django process and both herald nodes are subscribed.
+    assert_eq!(report.members, 3);
+    let line = listener.next().await;
+    assert_eq!(line["message"]["type"], "herald.message");
+    assert_eq!(line["message"]["text"], "from herald");
+    listener.finish().await;
+    // Both nodes heard herald's own message and skipped it.
+    eventually(DEADLINE, "the echo to be skipped", || async {
+        nodes.iter().all(|n| n.stats().received == 2)
+    })
+    .await;
+    assert_eq!(sink.count(), 1);
+
+    // Once every node let the group go, herald no longer listens to its channel.
+    for node in &nodes {
+        node.group_inactive(&group("user.42")).await.unwrap();
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("asgi__group__user.42")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(subscribers, 0);
+    stop(shutdown, nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribes_after_a_redis_restart() {
+    let mut redis = RedisProcess::start();
+    let django = DjangoSide::pubsub(vec![redis.url()]);
+    let sink = CountingLayer::default();
+    let shutdown = CancellationToken::new();
+    let nodes = start_nodes(1, &django.herald_config(), &sink, &["user.42"], &shutdown).await;
+
+    redis.restart();
+    let url = redis.url();
+    eventually(DEADLINE, "herald to subscribe again", || {
+        let url = url.clone();
+        async move {
+            let Ok(mut conn) = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+            else {
+                return false;
+            };
+            redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("asgi__group__user.42")
+                .query_async::<(String, u64)>(&mut conn)
+                .await
+                .is_ok_and(|(_, n)| n == 1)
+        }
+    })
+    .await;
+    django.group_send("user.42", "after restart", 1).await;
+    eventually(DEADLINE, "the message after the restart", || async {
+        sink.count() == 1
+    })
+    .await;
+    stop(shutdown, nodes).await;
+}

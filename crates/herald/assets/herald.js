@@ -1,1 +1,0 @@
-// The browser client is not built into this binary yet.
