@@ -92,6 +92,20 @@ export interface OpenEvent extends Event {
   isReconnect: boolean;
   /** true when a herald.v1 resume recovered every stream without loss. */
   recovered?: boolean;
+  /** herald.v1 only: per group, what the server's welcome said. */
+  streams?: Record<string, OpenStream>;
+}
+
+/** One group of a herald.v1 `open` event. */
+export interface OpenStream {
+  /** The server's current offset: the last message of the replay, if any. */
+  o: number | null;
+  /** The stream's epoch. */
+  e: string | null;
+  /** true when this group was resumed without loss (false on a first visit and on resync). */
+  recovered: boolean;
+  /** How many missed messages the server replays right after this event (0 unless recovered). */
+  replay: number;
 }
 
 export interface ConnectingEvent extends Event {

@@ -479,6 +479,7 @@
         opened: false,
         openedAt: 0,
         lastRx: 0,
+        lastTx: 0,
         pingMs: 0,
         grace: false,
         connectTimer: null,
@@ -551,13 +552,14 @@
         } catch (err) {
           // Blobs are handled too, just asynchronously
         }
+        ctx.lastTx = Date.now();
         ctx.ws.send(JSON.stringify({ t: 'hello', v: 1, streams: this._helloStreams() }));
         return;
       }
       this._becomeOpen(ctx, false);
     }
 
-    _becomeOpen(ctx, recovered) {
+    _becomeOpen(ctx, recovered, streams) {
       clearTimeout(ctx.connectTimer);
       ctx.connectTimer = null;
       this._timeoutFactor = 1;
@@ -574,7 +576,9 @@
       this._flushQueue(ctx); // E3: queued sends go out before the page hears `open`
       if (this._ctx !== ctx) return;
       this._armWatchdog(ctx);
-      this._emit('open', { isReconnect: isReconnect, recovered: recovered });
+      const fields = { isReconnect: isReconnect, recovered: recovered };
+      if (streams) fields.streams = streams;
+      this._emit('open', fields);
     }
 
     _onSocketClose(ctx, event) {
@@ -606,9 +610,10 @@
           .then((ready) => {
             if (this._ctx === ctx) this._onHeraldFrame(ctx, ready);
           });
-        return;
+      } else {
+        this._onHeraldFrame(ctx, data);
       }
-      this._onHeraldFrame(ctx, data);
+      this._keepAlive(ctx);
     }
 
     // ---- losing a connection ----------------------------------------------------------------
@@ -837,6 +842,7 @@
         case 'welcome':
           return this._onWelcome(ctx, header);
         case 'ping':
+          ctx.lastTx = Date.now();
           ctx.ws.send('{"t":"pong"}');
           return undefined;
         case 'goaway':
@@ -844,6 +850,22 @@
         default:
           this._log('unknown-frame', header.t); // newer server: ignore what we do not know
           return undefined;
+      }
+    }
+
+    // herald pings only a connection it has not written to for a while, and drops one it has not
+    // heard from within ping_ms + its timeout (4002). A busy stream is never idle, so it is never
+    // pinged, and a page that only listens would be dropped every ~35 s. So while frames arrive,
+    // an unsolicited pong goes out at most every ping_ms / 2 (the server accepts a pong anytime).
+    _keepAlive(ctx) {
+      if (this._ctx !== ctx || !ctx.welcomed || !(ctx.pingMs > 0)) return;
+      const now = Date.now();
+      if (now - ctx.lastTx < ctx.pingMs / 2) return;
+      ctx.lastTx = now;
+      try {
+        ctx.ws.send('{"t":"pong"}');
+      } catch (err) {
+        // closing: the next connection says hello anyway
       }
     }
 
@@ -857,12 +879,15 @@
       ctx.pingMs = typeof header.ping_ms === 'number' && header.ping_ms > 0 ? header.ping_ms : 0;
       const streams = header.streams && typeof header.streams === 'object' ? header.streams : {};
       const resync = [];
+      const report = {};
       let resumed = 0;
       for (const group of Object.keys(streams)) {
         const info = streams[group] || {};
         const top = typeof info.o === 'number' ? info.o : null;
         const epoch = typeof info.e === 'string' ? info.e : null;
         const had = this._positions[group];
+        let replay = 0;
+        let recovered = false;
         if (had) {
           resumed++;
           // Same epoch and recovered: replays follow, keep our offset. Otherwise the page must
@@ -870,13 +895,17 @@
           const lost = info.recovered === false || had.e !== epoch || (top !== null && top < had.o);
           if (lost) resync.push(group);
           this._positions[group] = lost ? { o: top, e: epoch } : { o: had.o, e: epoch };
+          recovered = !lost;
+          if (!lost && top !== null && typeof had.o === 'number') replay = top - had.o;
         } else {
           // First visit to this group: the live stream starts after the server's top.
           this._positions[group] = { o: top, e: epoch };
         }
+        // What the page may show: the server's offset, and how many missed messages follow.
+        report[group] = { o: top, e: epoch, recovered: recovered, replay: replay };
       }
       this._savePositions();
-      this._becomeOpen(ctx, resumed > 0 && resync.length === 0);
+      this._becomeOpen(ctx, resumed > 0 && resync.length === 0, report);
       for (const group of resync) {
         if (this._ctx !== ctx) return;
         this._emit('resync', { group: group });
@@ -963,6 +992,7 @@
     // framed like server messages: `{"t":"m"}\n<payload>`, or u32 length | header | payload.
     _transmit(ctx, data) {
       if (!ctx.herald) return ctx.ws.send(data);
+      ctx.lastTx = Date.now();
       if (typeof data === 'string') return ctx.ws.send(CLIENT_MESSAGE_HEADER + '\n' + data);
       const head = CLIENT_MESSAGE_HEADER_BYTES;
       if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {

@@ -97,6 +97,7 @@ test('resume: hello carries positions; replay fills in; recovered:true; no resyn
   welcome(t.ws(2), { [G]: { o: 14, e: 'E1', recovered: true } });
   const open = t.last('open');
   assert.deepEqual([open.isReconnect, open.recovered], [true, true]);
+  assert.deepEqual(open.streams, { [G]: { o: 14, e: 'E1', recovered: true, replay: 3 } }, 'the page can tell how many missed messages follow');
   for (const o of [11, 12, 13, 14, 14, 15]) t.ws(2).receive(frame({ t: 'm', s: G, o }, `m${o}`));
   assert.deepEqual(t.all('message').map((e) => e.data), ['m11', 'm12', 'm13', 'm14', 'm15']);
   assert.deepEqual(t.all('gap'), []);
@@ -114,6 +115,7 @@ test('resync when recovered is false or the epoch changed; the stream continues 
     t.ws(2).accept('herald.v1');
     welcome(t.ws(2), { [G]: info });
     assert.equal(t.last('open').recovered, false);
+    assert.deepEqual(t.last('open').streams[G], { o: info.o, e: info.e, recovered: false, replay: 0 });
     assert.equal(t.last('resync').group, G);
     assert.deepEqual(t.types().slice(-2), ['open', 'resync']);
     t.ws(2).receive(frame({ t: 'm', s: G, o: info.o + 1 }, 'next'));
@@ -150,6 +152,42 @@ test('ping is answered with pong; any frame keeps the connection alive', () => {
   }
   assert.equal(t.sock.readyState, 1);
   assert.equal(t.env.sockets.length, 1);
+});
+
+test('keepalive: a busy stream (never pinged by the server) sends a pong at most every ping_ms / 2', () => {
+  const t = heraldClient();
+  t.ws(1).accept('herald.v1');
+  welcome(t.ws(1), { [G]: { o: 0, e: 'E', recovered: true } }, 10000);
+  const pongs = () => t.ws(1).sent.filter((f) => f === '{"t":"pong"}').length;
+  assert.equal(t.all('open')[0].streams[G].recovered, false, 'a first visit is not a recovery');
+  // 30 s of messages every 500 ms and no ping from the server
+  for (let o = 1; o <= 60; o++) {
+    t.env.clock.advance(500);
+    t.ws(1).receive(frame({ t: 'm', s: G, o }, `m${o}`));
+  }
+  assert.equal(t.all('message').length, 60);
+  assert.equal(pongs(), 6, 'one pong per 5 s of traffic, counted from the hello');
+  // a ping answered right away does not add a keepalive pong on top
+  t.env.clock.advance(4000);
+  t.ws(1).receive('{"t":"ping"}');
+  assert.equal(pongs(), 7);
+  t.env.clock.advance(1000);
+  t.ws(1).receive(frame({ t: 'm', s: G, o: 61 }, 'm61'));
+  assert.equal(pongs(), 7);
+  // page sends count as traffic too
+  t.env.clock.advance(4000);
+  t.sock.send('hi');
+  t.env.clock.advance(1500);
+  t.ws(1).receive(frame({ t: 'm', s: G, o: 62 }, 'm62'));
+  assert.equal(pongs(), 7);
+  // plain mode never sends anything the page did not
+  const p = heraldClient();
+  p.ws(1).accept('');
+  for (let i = 0; i < 40; i++) {
+    p.env.clock.advance(1000);
+    p.ws(1).receive(`plain ${i}`);
+  }
+  assert.deepEqual(p.ws(1).sent, []);
 });
 
 test("no-ping: nothing within ping_ms + 10 s reconnects with reason 'no-ping'", () => {

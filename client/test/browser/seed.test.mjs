@@ -1,14 +1,15 @@
 // Browser scenarios from the client issue, against the real herald binary in headless Chromium:
 // (a) the seed page with the original 1.0.0 library; (b) the same page on /herald.js;
 // (d) terminal close and close() during backoff; (e) 200 clients spread their reconnects.
+// (c), on Redis, is in redis.test.mjs; the demo page screenshot in demo.test.mjs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { skipReason, startHerald, restartHerald, publish, launch, servePages, openOnServer, seedPage, consoleOf } from './support.mjs';
+import { requirePrerequisites, startHerald, restartHerald, publish, launch, servePages, openOnServer, seedPage, consoleOf } from './support.mjs';
 
-const skip = skipReason() || false;
 let browser;
 before(async () => {
-  if (!skip) browser = await launch();
+  requirePrerequisites();
+  browser = await launch();
 });
 after(async () => {
   if (browser) await browser.close();
@@ -21,7 +22,7 @@ async function seedScenario(t, scriptSrc) {
   let server = await startHerald();
   const page = await browser.context.newPage();
   try {
-    const info = await servePages(browser.context, server.addr);
+    await servePages(browser.context, server.addr);
     const log = consoleOf(page);
     await openOnServer(page, server.addr, seedPage(scriptSrc));
     await log.waitFor(CONNECTED);
@@ -36,7 +37,7 @@ async function seedScenario(t, scriptSrc) {
     await log.waitFor('message {"n":2}');
     assert.deepEqual(log.errors, []);
     assert.equal(log.count(DISCONNECTED), 1, 'onclose once per outage');
-    return { page, server, log, info };
+    return { page, server, log };
   } catch (err) {
     await page.close();
     await server.stop();
@@ -44,16 +45,15 @@ async function seedScenario(t, scriptSrc) {
   }
 }
 
-test('(a) seed page + original reconnectingwebsocket 1.0.0 min.js: pushes arrive, reconnects after a herald restart', { skip }, async (t) => {
+test('(a) seed page + original reconnectingwebsocket 1.0.0 min.js: pushes arrive, reconnects after a herald restart', async (t) => {
   const { page, server } = await seedScenario(t, '/static/reconnecting-websocket.min.js');
   assert.equal(await page.evaluate(() => socket.protocol), '', 'plain mode');
   await page.close();
   await server.stop();
 });
 
-test('(b) same page with only the script src switched to /herald.js: herald.v1, resume without loss', { skip }, async (t) => {
-  const { page, server, log, info } = await seedScenario(t, '/herald.js');
-  if (!info.heraldJsFromServer) t.diagnostic('server /herald.js is not client/dist/rws.global.js yet; served from dist/ by route');
+test('(b) same page with only the script src switched to /herald.js: herald.v1, resume without loss', async (t) => {
+  const { page, server, log } = await seedScenario(t, '/herald.js');
   try {
     assert.equal(await page.evaluate(() => socket.protocol), 'herald.v1', "auto mode offers herald.v1 to the host that served /herald.js");
     await page.evaluate(() => {
@@ -76,17 +76,35 @@ test('(b) same page with only the script src switched to /herald.js: herald.v1, 
   }
 });
 
-test('(d) a terminal close stops reconnecting; close() during backoff stays closed', { skip }, async () => {
-  let server = await startHerald();
+// The seed's route, plus a token route for (d1). No token at all is a 4501 (after the upgrade, so
+// the browser sees the code), which is terminal.
+const AUTH_CONFIG = `
+[[routes]]
+path = "/message/{user_id}/stream/"
+groups = ["user.{user_id}"]
+auth = "none"
+
+[[routes]]
+path = "/private/{user_id}/stream/"
+groups = ["user.{user_id}"]
+auth = "token"
+
+[auth]
+secret = "browser-test-secret-0123456789abcdef"
+`;
+
+test('(d) a terminal close (4501) stops reconnecting; close() during backoff stays closed', async () => {
+  let server = await startHerald(0, {}, { config: AUTH_CONFIG });
   const page = await browser.context.newPage();
   try {
     await servePages(browser.context, server.addr);
     await openOnServer(page, server.addr, '<!doctype html><script src="/herald.js"></script>');
     const url = `ws://${server.addr}/message/7/stream/`;
-    // d1: herald.v1 rejects binary client frames with 4500 (terminal band)
+    // d1: herald.v1 ignores well-formed client frames; a connection without a token on a token
+    // route is closed with 4501 after the hello, a terminal code.
     await page.evaluate((u) => {
       window.made = 0;
-      const Counting = class extends WebSocket {
+      window.Counting = class extends WebSocket {
         constructor(...a) {
           super(...a);
           window.made++;
@@ -97,11 +115,23 @@ test('(d) a terminal close stops reconnecting; close() during backoff stays clos
       for (const type of ['open', 'close', 'giveup']) s1.addEventListener(type, (e) => ev.push([type, e.code, e.willReconnect]));
     }, url);
     await page.waitForFunction(() => s1.readyState === 1, null, { timeout: 10000 });
-    await page.evaluate(() => s1.send(new Uint8Array([1, 2, 3])));
-    await page.waitForFunction(() => s1.state === 'closed', null, { timeout: 10000 });
-    assert.deepEqual(await page.evaluate(() => ev), [['open', undefined, undefined], ['close', 4500, false], ['giveup', 4500, undefined]]);
+    assert.equal(await page.evaluate(() => s1.protocol), 'herald.v1');
+    // page data goes out framed ({"t":"m"} header), text and binary; the server ignores it
+    assert.deepEqual(await page.evaluate(() => [s1.send('small'), s1.send(new Uint8Array([1, 2, 3]))]), [true, true]);
+    await page.waitForTimeout(500);
+    assert.deepEqual(await page.evaluate(() => [s1.state, made, ev.length]), ['open', 1, 1]);
+    await page.evaluate((u) => {
+      window.made = 0;
+      window.ev = [];
+      window.s3 = new ReconnectingWebSocket(u, null, { WebSocket: Counting });
+      for (const type of ['open', 'close', 'giveup']) s3.addEventListener(type, (e) => ev.push([type, e.code, e.willReconnect, e.reason]));
+    }, url.replace('/message/', '/private/'));
+    await page.waitForFunction(() => s3.state === 'closed', null, { timeout: 10000 });
+    assert.deepEqual(await page.evaluate(() => ev), [['close', 4501, false, 'token required'], ['giveup', 4501, undefined, 'token required']]);
+    assert.equal(await page.evaluate(() => s3.readyState), 3);
     await page.waitForTimeout(2500);
-    assert.equal(await page.evaluate(() => made), 1, 'no reconnect after a 45xx close');
+    assert.deepEqual(await page.evaluate(() => [made, s3.state]), [1, 'closed'], 'no reconnect after a 45xx close');
+    await page.evaluate(() => s1.close());
 
     // d2: close() during the backoff wait; the server comes back; the socket stays closed
     await page.evaluate((u) => {
@@ -120,7 +150,7 @@ test('(d) a terminal close stops reconnecting; close() during backoff stays clos
     await page.waitForFunction(() => s2.state === 'backoff', null, { timeout: 10000 });
     await page.evaluate(() => s2.close());
     assert.equal(await page.evaluate(() => s2.readyState), 3);
-    server = await restartHerald(port);
+    server = await restartHerald(port, {}, { config: AUTH_CONFIG });
     await page.waitForTimeout(4000); // longer than the 3 s retry that close() cancelled
     assert.deepEqual(await page.evaluate(() => [s2.readyState, s2.state, made]), [3, 'closed', 1]);
   } finally {
@@ -129,7 +159,7 @@ test('(d) a terminal close stops reconnecting; close() during backoff stays clos
   }
 });
 
-test('(e) 200 clients spread their first reconnect over the jitter window after a restart', { skip }, async (t) => {
+test('(e) 200 clients spread their first reconnect over the jitter window after a restart', async (t) => {
   let server = await startHerald();
   const page = await browser.context.newPage();
   try {

@@ -1,24 +1,107 @@
-// Browser test support: a real herald process and headless Debian Chromium via playwright-core.
-// Every wait has a deadline. Run with `npm run test:browser` (sets HERALD_BROWSER=1); under plain
-// `npm test` these tests are skipped so the unit run stays fast and needs no binaries.
+// Browser test support: real herald (and redis-server) processes and headless Debian Chromium
+// via playwright-core. Every wait has a deadline. Run with `npm run test:browser`; `npm test`
+// does not load these files at all. A missing prerequisite fails the run: nothing is skipped.
 
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { CLIENT_DIR, ORIGINAL_MIN_JS } from '../helpers/env.mjs';
 
-export const HERALD_BIN = process.env.HERALD_BIN || join(CLIENT_DIR, '..', 'target', 'debug', 'herald');
+export const REPO_DIR = join(CLIENT_DIR, '..');
+export const HERALD_BIN = process.env.HERALD_BIN || join(REPO_DIR, 'target', 'debug', 'herald');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const REDIS_SERVER = process.env.HERALD_REDIS_SERVER || 'redis-server';
 export const GLOBAL_BUILD = readFileSync(join(CLIENT_DIR, 'dist', 'rws.global.js'), 'utf8');
+/** Where artifacts (screenshots) go: <repo>/test-output, gitignored. */
+export const OUTPUT_DIR = process.env.HERALD_TEST_OUTPUT || join(REPO_DIR, 'test-output');
 
-/** Why the browser tests cannot run here, or null. */
-export function skipReason() {
-  if (process.env.HERALD_BROWSER !== '1') return 'browser tests run with `npm run test:browser` (HERALD_BROWSER=1)';
-  if (!existsSync(HERALD_BIN)) return `no herald binary at ${HERALD_BIN} (cargo build, or set HERALD_BIN)`;
-  if (!existsSync(CHROMIUM)) return `no chromium at ${CHROMIUM} (apt-get install -y chromium)`;
-  return null;
+/** Throws when the browser tests cannot run here (they fail; they are never skipped). */
+export function requirePrerequisites({ redis = false } = {}) {
+  if (!existsSync(HERALD_BIN)) throw new Error(`no herald binary at ${HERALD_BIN} (cargo build -p herald, or set HERALD_BIN)`);
+  if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM)`);
+  if (redis && spawnSync(REDIS_SERVER, ['--version']).status !== 0) {
+    throw new Error(`no ${REDIS_SERVER} (apt-get install -y redis-server, or set HERALD_REDIS_SERVER)`);
+  }
+}
+
+export function outputPath(name) {
+  mkdirSync(OUTPUT_DIR, { recursive: true });
+  return join(OUTPUT_DIR, name);
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` every 25 ms until it returns a truthy value; throws after `ms`. */
+export async function until(check, ms, what) {
+  const start = Date.now();
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() - start > ms) throw new Error(`timed out after ${ms} ms: ${what}`);
+    await sleep(25);
+  }
+}
+
+async function freePort() {
+  const server = createServer();
+  await new Promise((resolve, reject) => server.listen(0, '127.0.0.1', resolve).once('error', reject));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/**
+ * Starts a throwaway redis-server on a free loopback port (never 6379), no persistence.
+ * Returns {port, url, stop()}; stop() kills that process only.
+ */
+export async function startRedis() {
+  let lastErr;
+  for (let i = 0; i < 5; i++) {
+    const port = await freePort();
+    if (port === 6379) continue;
+    const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    const exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+    try {
+      await deadline(
+        new Promise((resolve, reject) => {
+          proc.stdout.on('data', (d) => {
+            out = (out + d).slice(-4000);
+            if (/Ready to accept connections/.test(out)) resolve();
+          });
+          proc.once('error', reject);
+          exited.then(({ code }) => reject(new Error(`redis-server exited (${code}): ${out}`)));
+        }),
+        10000,
+        'redis-server is ready'
+      );
+    } catch (err) {
+      lastErr = err;
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+      continue;
+    }
+    proc.stdout.resume();
+    proc.stderr.resume();
+    return {
+      port,
+      url: `redis://127.0.0.1:${port}/0`,
+      async stop() {
+        if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+        await deadline(exited, 5000, 'redis-server exits');
+      },
+    };
+  }
+  throw lastErr;
+}
+
+/** herald's env for the Redis layer, with a key prefix of its own. */
+export function redisLayerEnv(redis, prefix) {
+  return { HERALD_LAYER_KIND: 'redis', HERALD_LAYER_URL: redis.url, HERALD_LAYER_PREFIX: prefix };
 }
 
 export function deadline(promise, ms, what) {
@@ -31,12 +114,21 @@ export function deadline(promise, ms, what) {
   ]).finally(() => clearTimeout(timer));
 }
 
-/** Starts `herald serve --listen 127.0.0.1:<port>`; resolves once it printed its address. */
-export async function startHerald(port = 0) {
+/**
+ * Starts `herald serve --listen 127.0.0.1:<port>` with `extraEnv` (HERALD_* settings) on top of
+ * this process's environment, and `config` (TOML text, e.g. routes) as its --config file;
+ * resolves once it printed its address.
+ */
+export async function startHerald(port = 0, extraEnv = {}, { config } = {}) {
   const cwd = mkdtempSync(join(tmpdir(), 'herald-browser-'));
-  const env = Object.assign({}, process.env);
+  const env = Object.assign({}, process.env, extraEnv);
   delete env.HERALD_CONFIG;
-  const proc = spawn(HERALD_BIN, ['serve', '--listen', `127.0.0.1:${port}`], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['serve', '--listen', `127.0.0.1:${port}`];
+  if (config) {
+    writeFileSync(join(cwd, 'herald.toml'), config);
+    args.push('--config', join(cwd, 'herald.toml'));
+  }
+  const proc = spawn(HERALD_BIN, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stderr.on('data', (d) => {
     stderr = (stderr + d).slice(-4000);
@@ -54,10 +146,13 @@ export async function startHerald(port = 0) {
     15000,
     'herald prints its address'
   );
+  proc.stdout.resume();
   return {
     addr,
     port: Number(addr.split(':').pop()),
-    /** SIGTERM (graceful: goaway + 1012), SIGKILL after 5 s. */
+    env: extraEnv,
+    config,
+    /** SIGTERM (graceful: goaway + 1012), SIGKILL after 5 s; stop('SIGKILL') is a crash. */
     async stop(signal = 'SIGTERM') {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
       try {
@@ -72,11 +167,11 @@ export async function startHerald(port = 0) {
 }
 
 /** Starts herald on a port that was just used, retrying briefly while the port is released. */
-export async function restartHerald(port) {
+export async function restartHerald(port, extraEnv = {}, options = {}) {
   let lastErr;
   for (let i = 0; i < 20; i++) {
     try {
-      return await startHerald(port);
+      return await startHerald(port, extraEnv, options);
     } catch (err) {
       lastErr = err;
       await new Promise((r) => setTimeout(r, 250));
@@ -90,6 +185,17 @@ export async function publish(addr, group, text) {
     fetch(`http://${addr}/api/publish`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ group, text }) }),
     5000,
     'publish'
+  );
+  if (!res.ok) throw new Error(`publish ${res.status}: ${await res.text()}`);
+  return res.json();
+}
+
+/** One batch publish: `[{group, text}, ...]`, in order. */
+export async function publishBatch(addr, messages) {
+  const res = await deadline(
+    fetch(`http://${addr}/api/publish`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages }) }),
+    5000,
+    'batch publish'
   );
   if (!res.ok) throw new Error(`publish ${res.status}: ${await res.text()}`);
   return res.json();
@@ -113,22 +219,29 @@ export async function launch() {
 }
 
 /**
- * Routes the static files the test pages load: the original min.js, and /herald.js from dist/
- * when the server's /herald.js is not our build yet (`heraldJsFromServer` says which).
+ * Fails unless the server's /herald.js (embedded in the binary) is exactly client/dist/rws.global.js:
+ * a stale binary would test old client code.
+ */
+export async function assertServesCurrentBuild(addr) {
+  const served = await deadline(fetch(`http://${addr}/herald.js`).then((r) => r.text()), 5000, 'GET /herald.js');
+  if (served !== GLOBAL_BUILD) {
+    throw new Error(`${HERALD_BIN} serves a /herald.js that is not client/dist/rws.global.js: rebuild it (cargo build -p herald)`);
+  }
+}
+
+/**
+ * Routes the static files the seed's page loads that herald does not serve: the original
+ * 1.0.0 min.js at /static/reconnecting-websocket.min.js, plus any test `pages`. /herald.js comes
+ * from the server itself (checked against dist/).
  */
 export async function servePages(context, addr, pages = {}) {
-  const served = await fetch(`http://${addr}/herald.js`).then((r) => r.text(), () => '');
-  const heraldJsFromServer = served === GLOBAL_BUILD;
+  await assertServesCurrentBuild(addr);
   await context.route(`http://${addr}/static/reconnecting-websocket.min.js`, (route) =>
     route.fulfill({ contentType: 'text/javascript', body: readFileSync(ORIGINAL_MIN_JS, 'utf8') })
   );
-  if (!heraldJsFromServer) {
-    await context.route(`http://${addr}/herald.js`, (route) => route.fulfill({ contentType: 'text/javascript', body: GLOBAL_BUILD }));
-  }
   for (const [path, html] of Object.entries(pages)) {
     await context.route(`http://${addr}${path}`, (route) => route.fulfill({ contentType: 'text/html', body: html }));
   }
-  return { heraldJsFromServer };
 }
 
 /**

@@ -51,7 +51,7 @@ pub const DEDUP_WINDOW_SECS: u64 = 60;
 
 /// How close in time two nodes' claims of identical bytes must be to count as the same
 /// copy, for a node that has no count of its own yet.
-pub const ALIGN_MS: u64 = 1000;
+pub const ALIGN_MS: u64 = 5000;
 
 /// The claim; see the module docs. KEYS[1]: the hash. ARGV: node id, window seconds,
 /// alignment milliseconds.

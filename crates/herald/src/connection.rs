@@ -18,11 +18,10 @@ use herald_ws::{FrameReader, Inbound, Limits, ReadError, encode_close, encode_po
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant, timeout};
 
 use crate::close;
-use crate::hub::{ConnId, Mode, OutFrame, Outbox, encode_v1, epoch_tag};
+use crate::hub::{ConnId, Mode, Outbox, OutboxReceiver, encode_v1, epoch_tag};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientFrame, WelcomeStream};
 use crate::server::AppState;
@@ -42,7 +41,7 @@ pub struct Connection {
     pub(crate) id: ConnId,
     pub(crate) groups: Vec<GroupName>,
     pub(crate) outbox: Outbox,
-    pub(crate) rx: mpsc::Receiver<OutFrame>,
+    pub(crate) rx: OutboxReceiver,
     pub(crate) state: Arc<AppState>,
     /// Set once the connection joined its groups in the hub.
     pub(crate) joined: bool,
@@ -401,7 +400,12 @@ impl Connection {
                             Mode::Plain => End::Drop,
                         };
                     }
-                    if now.saturating_duration_since(last_out) >= hb.interval / 2 {
+                    // Ping when we sent nothing lately (keep-alive) and also when the
+                    // peer said nothing lately, even under steady traffic: its pong is
+                    // what proves it is alive.
+                    if now.saturating_duration_since(last_out) >= hb.interval / 2
+                        || now.saturating_duration_since(last_in) >= hb.interval / 2
+                    {
                         let ping = match mode {
                             Mode::Plain => herald_ws::encode_ping(b""),
                             Mode::V1 => protocol::ping(),
@@ -452,6 +456,17 @@ async fn write_frames(
     }
 }
 
+/// Reads and discards until end of stream, or until the peer pauses for 200 ms.
+async fn drain(rd: &mut ReadHalf<Io>) {
+    use tokio::io::AsyncReadExt;
+    let mut scratch = [0u8; 4096];
+    while let Ok(Ok(n)) = timeout(Duration::from_millis(200), rd.read(&mut scratch)).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 /// The closing handshake: send our close (or echo the peer's), then give the peer a moment
 /// to answer before dropping the socket, so its last frames are not cut by a reset.
 async fn finish(end: End, rd: &mut ReadHalf<Io>, wr: &mut WriteHalf<Io>, reader: &mut FrameReader) {
@@ -472,8 +487,18 @@ async fn finish(end: End, rd: &mut ReadHalf<Io>, wr: &mut WriteHalf<Io>, reader:
                 let _ = timeout(CLOSE_TIMEOUT, async {
                     loop {
                         match reader.read(rd).await {
-                            Ok(Some(Inbound::Close { .. })) | Ok(None) | Err(_) => break,
+                            Ok(Some(Inbound::Close { .. })) | Ok(None) | Err(ReadError::Io(_)) => {
+                                break;
+                            }
                             Ok(Some(_)) => {}
+                            // After a protocol error the frames cannot be parsed: read and
+                            // discard what the peer is still sending (say, the rest of an
+                            // oversized frame), or closing with unread data would reset the
+                            // connection and the peer would never see our close code.
+                            Err(_) => {
+                                drain(rd).await;
+                                break;
+                            }
                         }
                     }
                 })

@@ -176,3 +176,51 @@ async fn client_frames_are_ignored_in_plain_mode() {
     assert_eq!(c.recv().await.unwrap(), Received::Text("pushed".into()));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_busy_reading_client_is_pinged_and_kept() {
+    let mut config = Config::default();
+    config.heartbeat.interval = Duration::from_millis(200);
+    config.heartbeat.timeout = Duration::from_millis(300);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.connect_user("11").await;
+    // Steady traffic for 2 s: the server is never idle, yet the client (whose library
+    // answers pings while it reads) must be asked for pongs and stay connected.
+    let addr = server.addr;
+    let publisher = tokio::spawn(async move {
+        for i in 0..40 {
+            let body = format!(r#"{{"group":"user.11","text":"{i}"}}"#);
+            assert_eq!(
+                support::http(addr, "POST", "/api/publish", &[], body.as_bytes())
+                    .await
+                    .0,
+                200
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    for i in 0..40 {
+        assert_eq!(client.recv().await.unwrap(), Received::Text(i.to_string()));
+    }
+    publisher.await.unwrap();
+    let metrics = support::http(server.addr, "GET", "/metrics", &[], b"")
+        .await
+        .1;
+    assert!(
+        metrics.contains("herald_heartbeat_timeouts_total 0"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_client_message_gets_a_readable_1009() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("12").await;
+    client.send_binary(&vec![7u8; 200 * 1024]).await.unwrap();
+    assert_eq!(
+        client.closed_within(Duration::from_secs(5)).await.unwrap(),
+        1009
+    );
+    server.stop().await;
+}
