@@ -433,7 +433,17 @@ fn item(body: PublishBody, max_groups: usize) -> Result<Item, ApiError> {
         }
     }
     let payload = match (body.data, body.text, body.bytes) {
-        (Some(data), None, None) => Payload::text(minify_json(data.get())),
+        (Some(data), None, None) => {
+            // serde_json skips over `data` as a raw value without its recursion limit;
+            // hold it to the same depth as the rest of the body.
+            if json_depth(data.get()) > MAX_DATA_DEPTH {
+                return Err(ApiError::bad(
+                    "malformed_json",
+                    format!("\"data\" is nested deeper than {MAX_DATA_DEPTH} levels"),
+                ));
+            }
+            Payload::text(minify_json(data.get()))
+        }
         (None, Some(text), None) => Payload::text(text),
         (None, None, Some(b64)) => {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -465,6 +475,38 @@ fn item(body: PublishBody, max_groups: usize) -> Result<Item, ApiError> {
         many,
         django: body.django,
     })
+}
+
+/// The deepest nesting `data` may have: serde_json's own limit for the rest of the body.
+const MAX_DATA_DEPTH: usize = 128;
+
+/// How deeply arrays and objects nest in valid JSON `raw` (0 for a scalar).
+pub fn json_depth(raw: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in raw.bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Removes insignificant whitespace from valid JSON, keeping everything else (key order,
@@ -607,6 +649,14 @@ mod tests {
             minify_json(r#"{"s": "a \" b\\", "t": " x "}"#),
             r#"{"s":"a \" b\\","t":" x "}"#
         );
+    }
+
+    #[test]
+    fn depth_of_json() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[["}]}"#), 3);
+        assert_eq!(json_depth(r#""\"[""#), 0);
+        assert_eq!(json_depth(&"[".repeat(500)), 500);
     }
 
     #[test]

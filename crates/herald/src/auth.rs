@@ -240,6 +240,9 @@ pub enum MintError {
     /// No secret to sign with.
     #[error("no secret configured: set [auth] secret, secrets or secret_file, or pass --secret")]
     NoSecret,
+    /// The secret is shorter than the server accepts.
+    #[error("the secret needs at least {} bytes", crate::config::MIN_SECRET_BYTES)]
+    WeakSecret,
     /// A group pattern is neither a group name nor `prefix.*`/`*`.
     #[error("invalid group pattern {0:?}")]
     BadPattern(String),
@@ -257,6 +260,10 @@ pub fn mint(
 ) -> Result<String, MintError> {
     if secret.is_empty() {
         return Err(MintError::NoSecret);
+    }
+    if secret.len() < crate::config::MIN_SECRET_BYTES {
+        // A server would refuse this secret at startup, so no server could verify it.
+        return Err(MintError::WeakSecret);
     }
     if let Some(patterns) = &groups {
         if let Some(bad) = patterns.iter().find(|p| !is_valid_pattern(p)) {

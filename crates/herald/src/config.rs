@@ -647,7 +647,8 @@ mod tests {
         let e = load("[layer]\nkind = \"postgres\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "layer.kind");
         let e = load("[limits]\nbogus = 1\n", &[]).unwrap_err();
-        assert_eq!(e.key, "limits");
+        // serde_path_to_error names the unknown key itself.
+        assert_eq!(e.key, "limits.bogus");
         assert!(e.message.contains("bogus"), "{}", e.message);
         let e = load("[heartbeat]\ninterval = \"soon\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "heartbeat.interval");
@@ -659,5 +660,71 @@ mod tests {
         assert_eq!(e.key, "routes[0]");
         let e = load("[limits]\noutbox_messages = 0\n", &[]).unwrap_err();
         assert_eq!(e.key, "limits.outbox_messages");
+    }
+
+    #[test]
+    fn security_keys() {
+        let secret = "s".repeat(32);
+        let c = load(
+            &format!(
+                "[[routes]]\npath = \"/m/{{id}}/\"\ngroups = [\"user.{{id}}\"]\nauth = \"token\"\n\
+                 origins = [\"https://app.example.com\"]\n[auth]\nsecrets = [\"{secret}\"]\n\
+                 [limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"
+            ),
+            &[("HERALD_LIMITS_MAX_CONNECTIONS_PER_IP", "5")],
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].auth, AuthMode::Token);
+        assert_eq!(
+            c.auth.load_secrets().unwrap(),
+            vec![secret.clone().into_bytes()]
+        );
+        assert_eq!(c.limits.max_connections_per_ip, 5);
+        assert_eq!(c.limits.trusted_proxies.len(), 2);
+        assert!(
+            !format!("{:?}", c.auth).contains(&secret),
+            "secrets stay out of Debug"
+        );
+        // From the environment, as the other sections.
+        let c = Config::load(None, [("HERALD_AUTH_SECRET".to_string(), secret.clone())]).unwrap();
+        assert_eq!(c.auth.load_secrets().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn security_errors_name_the_key() {
+        let token_route =
+            "[[routes]]\npath = \"/m/{id}/\"\ngroups = [\"user.{id}\"]\nauth = \"token\"\n";
+        let e = load(token_route, &[]).unwrap_err();
+        assert_eq!(e.key, "routes[0].auth");
+        let e = load(&format!("{token_route}[auth]\nsecret = \"short\"\n"), &[]).unwrap_err();
+        assert_eq!(e.key, "auth.secret");
+        let e = load("[auth]\nsecret_file = \"/nonexistent/herald\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "auth.secret_file");
+        let e = load("[limits]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[]).unwrap_err();
+        assert_eq!(e.key, "limits.trusted_proxies[0]");
+        let e = load("[limits]\nmax_groups_per_connection = 256\n", &[]).unwrap_err();
+        assert_eq!(e.key, "limits.max_groups_per_connection");
+        let e = load(
+            "[limits]\nmax_groups_per_connection = 1\n[[routes]]\npath = \"/a/{x}/\"\ngroups = [\"a.{x}\", \"b\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "routes[0].groups");
+        let e = load("[tls]\ncert = \"/nonexistent.pem\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "tls.key");
+        let e = load(
+            "[tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.pem\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "tls.cert");
+        let e = load(
+            "[[routes]]\npath = \"/a/{x}/\"\ngroups = [\"a.{x}\"]\norigins = [\"app.example.com\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "routes[0]");
+        let e = load("[auth]\nleeway = \"2h\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "auth.leeway");
     }
 }

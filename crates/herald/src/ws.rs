@@ -136,6 +136,7 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                 Ok(expires) => {
                     let auth = matched.route.auth;
                     let mut connection = Connection::new(state.clone(), groups, mode);
+                    tracing::debug!(conn_id = connection.id, client = ?client, route = matched.route.pattern(), ?mode, "websocket accepted");
                     connection.expires = expires;
                     if mode == Mode::Plain {
                         // Join before answering 101: once the client sees the upgrade, every
@@ -287,6 +288,11 @@ fn query_token(query: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
+enum Upgrade {
+    Serve(Connection),
+    Refuse(u16, &'static str),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,9 +306,4 @@ mod tests {
         assert_eq!(query_token("tokens=x"), None);
         assert_eq!(query_token(""), None);
     }
-}
-
-enum Upgrade {
-    Serve(Connection),
-    Refuse(u16, &'static str),
 }

@@ -92,11 +92,14 @@ async fn every_error_path_answers_with_json_and_nothing_reaches_clients() {
         400,
         "malformed_json",
     );
-    // Deep but valid `data` (within the body limit) is forwarded as it is; parsing it does
-    // not recurse, so no depth blows the stack.
-    let deep_data = format!("{}1{}", "[".repeat(2000), "]".repeat(2000));
-    let deep = format!(r#"{{"group":"user.43","data":{deep_data}}}"#);
-    assert_eq!(server.publish(&deep).await.0, 200);
+    // `data` is held to the body's own depth limit (128): serde_json skips it as a raw
+    // value without counting, and receivers (JSON.parse, Python's json) may not cope.
+    let nest = |depth: usize| {
+        let data = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        format!(r#"{{"group":"user.43","data":{data}}}"#)
+    };
+    assert_eq!(server.publish(&nest(128)).await.0, 200);
+    assert_error(&server.publish(&nest(2000)).await, 400, "malformed_json");
 
     // Too large: by Content-Length, and by a chunked body that never states its length.
     let big = format!(r#"{{"group":"user.42","text":"{}"}}"#, "x".repeat(5000));
@@ -126,6 +129,8 @@ async fn every_error_path_answers_with_json_and_nothing_reaches_clients() {
         client.recv().await.unwrap(),
         Received::Text("first valid".into())
     );
+    // The 128-deep message arrived whole; the refused 2000-deep one did not.
+    let deep_data = format!("{}1{}", "[".repeat(128), "]".repeat(128));
     assert_eq!(deep_client.recv().await.unwrap(), Received::Text(deep_data));
     server.stop().await;
 }

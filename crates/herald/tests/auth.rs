@@ -48,6 +48,14 @@ where
     let body = serde_json::json!({"group": group, "text": text}).to_string();
     let (status, answer) = server.publish(&body).await;
     assert_eq!(status, 200, "{answer}");
+    assert_next_text(ws, text).await;
+}
+
+/// Checks the next text frame `ws` receives is `text`.
+async fn assert_next_text<S>(ws: &mut RawWs<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let until = Instant::now() + DEADLINE;
     loop {
         let frame = ws.next_frame(until).await.expect("a frame");
@@ -384,24 +392,35 @@ async fn wss_end_to_end_with_a_self_signed_certificate() {
             .expect("tls handshake")
     };
 
+    // The API over HTTPS.
+    let publish = |group: &'static str, text: &'static str| {
+        let tls = tls_connect();
+        async move {
+            let body = serde_json::json!({"group": group, "text": text}).to_string();
+            let request = format!(
+                "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut https = RawWs::new(tls.await);
+            let (status, head) = https.request(request.as_bytes()).await;
+            assert_eq!(status, 200, "{head}");
+        }
+    };
+
     let mut ws = RawWs::new(tls_connect().await);
     ws.upgrade(&format!("/message/7/stream/?token={}", token_for("7")), &[])
         .await;
-    assert_receives(&server, &mut ws, "user.7", "over wss").await;
-
-    // HTTPS for the API too.
-    let mut plain = RawWs::new(tls_connect().await);
-    let (status, _) = plain
-        .request(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await;
-    assert_eq!(status, 200);
+    publish("user.7", "over wss").await;
+    assert_next_text(&mut ws, "over wss").await;
 
     // A plain-text client on the TLS port gets nothing useful, and the server survives.
     let (status, _) = support::raw_http(server.addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
     assert_eq!(status, 0);
     let mut ws = RawWs::new(tls_connect().await);
     ws.upgrade("/open/8/", &[]).await;
-    assert_receives(&server, &mut ws, "user.8", "still serving").await;
+    publish("user.8", "still serving").await;
+    assert_next_text(&mut ws, "still serving").await;
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -410,4 +429,81 @@ async fn wss_end_to_end_with_a_self_signed_certificate() {
 /// port cannot answer, so wait for readiness over TLS here instead.
 async fn start_tls(config: Config) -> TestServer {
     TestServer::with_config_unchecked(config).await
+}
+
+#[test]
+fn cli_mints_tokens_and_serves_https() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let out = Command::new(support::herald_bin())
+        .args([
+            "token",
+            "--sub",
+            "42",
+            "--groups",
+            "user.42, news.*",
+            "--ttl",
+            "10m",
+        ])
+        .args(["--secret", SECRET])
+        .output()
+        .expect("run herald token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let auth = herald::auth::Authenticator::new(&[SECRET.as_bytes().to_vec()], Duration::ZERO);
+    let claims = auth.verify(token.trim()).expect("a valid token");
+    assert_eq!(claims.sub, "42");
+    assert_eq!(
+        claims.groups,
+        Some(vec!["user.42".to_string(), "news.*".to_string()])
+    );
+    let left = claims.exp - unix_now();
+    assert!((590..=600).contains(&left), "ttl {left}");
+
+    // Without a secret anywhere: a clear error, exit 2.
+    let out = Command::new(support::herald_bin())
+        .args(["token", "--sub", "42"])
+        .env_remove("HERALD_AUTH_SECRET")
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no secret"));
+
+    // `serve` with [tls] says https.
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("herald-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), generated.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), generated.signing_key.serialize_pem()).unwrap();
+    let mut child = Command::new(support::herald_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HERALD_TLS_CERT", dir.join("cert.pem"))
+        .env("HERALD_TLS_KEY", dir.join("key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the one address line; the thread ends with it.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = line.expect("herald prints its address within 10 s");
+    assert!(
+        line.starts_with("listening on https://127.0.0.1:"),
+        "{line}"
+    );
 }

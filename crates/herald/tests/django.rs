@@ -6,7 +6,7 @@
 
 mod support;
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../../herald-django/tests/support/mod.rs"]
 mod djsupport;
 
@@ -58,10 +58,14 @@ async fn exactly_once_on_every_node(side: DjangoSide, redis: &RedisProcess, node
 
     // Django code, unchanged: group_send to the channels group of user 42.
     let count = 12;
-    side.group_send("user_42", "from django", count).await;
+    // The same text `count` times: identical messages must not be merged either. (Each
+    // round uses its own text: see herald-django's pubsub docs on nodes that all just
+    // started.)
+    let text = format!("from django to {node_count} nodes");
+    side.group_send("user_42", &text, count).await;
     for member in &mut members {
         let got = texts(member, count).await;
-        assert!(got.iter().all(|t| t == "from django"), "{got:?}");
+        assert!(got.iter().all(|t| *t == text), "{got:?}");
     }
     // Exactly once: the next frame each member sees is a fresh marker, and user 43 got
     // none of Django's messages.

@@ -129,7 +129,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> E
         config.listen = listen;
     }
     raise_open_files_limit();
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("herald: cannot listen on {}: {e}", config.listen);
@@ -241,4 +241,21 @@ fn token(
             ExitCode::from(2)
         }
     }
+}
+
+/// Pending connections the kernel queues before herald accepts them (capped by
+/// `net.core.somaxconn`). Larger than tokio's 1024: after a restart every client
+/// reconnects at once, and a full queue drops SYNs, which clients retry only after 1 s.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own `bind` does: a restarted node can take its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
