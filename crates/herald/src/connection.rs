@@ -294,13 +294,15 @@ impl Connection {
         let mut last_in = Instant::now();
         let mut last_out = Instant::now();
         let stall = self.stall_timeout();
-        // The token's expiry; never polled (so no timer is armed) when there is no token.
-        let expiry = tokio::time::sleep_until(self.expires.unwrap_or_else(Instant::now));
-        tokio::pin!(expiry);
+        // The token's expiry. Boxed and only for connections with a token: a `Sleep` held
+        // inline would enlarge every connection's task by its size.
+        let mut expiry = self
+            .expires
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         loop {
             tokio::select! {
                 biased;
-                _ = &mut expiry, if self.expires.is_some() => {
+                _ = async { if let Some(sleep) = expiry.as_mut() { sleep.await } }, if expiry.is_some() => {
                     Metrics::add(&self.state.metrics.tokens_expired, 1);
                     return End::Close(close::TOKEN_EXPIRED, "token expired");
                 }

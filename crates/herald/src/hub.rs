@@ -5,14 +5,14 @@
 //! hands the same `Bytes` to every member's bounded outbox: a refcount increment per
 //! recipient, no copy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use herald_core::{GroupName, Message, PayloadKind};
 use herald_ws::{OpCode, encode_frame, encode_frame_parts};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
@@ -59,8 +59,28 @@ pub struct ConnShared {
     /// Bytes sitting in the outbox; bounded by `max_bytes`.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    /// Frames queued and not yet taken by the connection task; bounded by `max_messages`.
+    queued_frames: AtomicUsize,
+    max_messages: usize,
+    /// The frames themselves. A plain deque rather than a tokio mpsc channel: the channel
+    /// allocates its first 32-slot block (~1.5 KiB) up front, for every connection, idle or
+    /// not; an empty `VecDeque` allocates nothing.
+    queue: Mutex<Queue>,
+    /// Wakes the connection task when the queue goes from empty to non-empty.
+    ready: Notify,
     mode: Mode,
 }
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<OutFrame>,
+    /// Set by [`OutboxReceiver::close`]: no more frames are accepted.
+    closed: bool,
+}
+
+/// A drained deque keeps at most this capacity, so a connection that saw a burst does
+/// not hold the burst's memory while idle.
+const KEEP_CAPACITY: usize = 8;
 
 impl ConnShared {
     /// The close code the hub asked for, if any.
@@ -96,31 +116,110 @@ impl ConnShared {
     pub fn mode(&self) -> Mode {
         self.mode
     }
+
+    // Only held for a push, a swap or a clear, never across an `.await`; a poisoned lock
+    // means a panic elsewhere, and the queue itself is still consistent.
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The outbox is empty (returned by [`OutboxReceiver::try_recv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Empty;
+
+/// The connection task's end of its outbox.
+///
+/// It takes the hub's whole queue at once (one lock per burst, not per frame) into a
+/// local deque and hands frames out from there.
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    shared: Arc<ConnShared>,
+    local: VecDeque<OutFrame>,
+}
+
+impl OutboxReceiver {
+    /// The next frame; waits for one. Cancel-safe: frames stay queued until returned.
+    /// `None` once the outbox is closed.
+    pub async fn recv(&mut self) -> Option<OutFrame> {
+        loop {
+            if let Ok(frame) = self.try_recv() {
+                return Some(frame);
+            }
+            if self.shared.queue().closed {
+                return None;
+            }
+            // A push between the check above and this wait leaves a permit in `ready`.
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Result<OutFrame, Empty> {
+        if self.local.is_empty() {
+            let mut queue = self.shared.queue();
+            if queue.frames.is_empty() {
+                return Err(Empty);
+            }
+            std::mem::swap(&mut self.local, &mut queue.frames);
+        }
+        let frame = self.local.pop_front().ok_or(Empty)?;
+        self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
+        if self.local.is_empty() && self.local.capacity() > KEEP_CAPACITY {
+            self.local = VecDeque::new();
+        }
+        Ok(frame)
+    }
+
+    /// Frames queued and not yet returned.
+    pub fn len(&self) -> usize {
+        self.local.len() + self.shared.queue().frames.len()
+    }
+
+    /// Whether no frame is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Refuses every further frame and drops the queued ones.
+    pub fn close(&mut self) {
+        let mut queue = self.shared.queue();
+        queue.closed = true;
+        let dropped = queue.frames.len() + self.local.len();
+        queue.frames = VecDeque::new();
+        drop(queue);
+        self.local = VecDeque::new();
+        self.shared
+            .queued_frames
+            .fetch_sub(dropped, Ordering::Relaxed);
+    }
 }
 
 /// The hub's handle on a connection: the sending half of its bounded outbox.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<OutFrame>,
     shared: Arc<ConnShared>,
 }
 
 impl Outbox {
     /// A new outbox holding at most `max_messages` frames and `max_bytes` bytes.
-    pub fn new(
-        mode: Mode,
-        max_messages: usize,
-        max_bytes: usize,
-    ) -> (Self, mpsc::Receiver<OutFrame>) {
-        let (tx, rx) = mpsc::channel(max_messages.max(1));
+    pub fn new(mode: Mode, max_messages: usize, max_bytes: usize) -> (Self, OutboxReceiver) {
         let shared = Arc::new(ConnShared {
             close_code: AtomicU16::new(0),
             kicked: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
+            queued_frames: AtomicUsize::new(0),
+            max_messages: max_messages.max(1),
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
             mode,
         });
-        (Self { tx, shared }, rx)
+        let rx = OutboxReceiver {
+            shared: shared.clone(),
+            local: VecDeque::new(),
+        };
+        (Self { shared }, rx)
     }
 
     /// The state shared with the connection task.
@@ -131,29 +230,40 @@ impl Outbox {
     /// Queues a frame without waiting. On overflow the connection is kicked with 4001
     /// and `false` returned; a closing connection also returns `false`.
     pub fn offer(&self, frame: OutFrame, metrics: &Metrics) -> bool {
+        let shared = &*self.shared;
         let len = frame.frame.len();
-        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if self.shared.close_code().is_some() {
-            self.shared.written(len);
+        let queued = shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if shared.close_code().is_some() {
+            shared.written(len);
             return false;
         }
-        if queued + len > self.shared.max_bytes {
-            self.shared.written(len);
+        if queued + len > shared.max_bytes {
+            shared.written(len);
             self.overflow(metrics);
             return false;
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.written(len);
-                self.overflow(metrics);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shared.written(len);
-                false
-            }
+        let mut queue = shared.queue();
+        if queue.closed {
+            drop(queue);
+            shared.written(len);
+            return false;
         }
+        // Producers push under the lock, so this check and the increment cannot interleave
+        // with another push; the consumer only ever lowers the count.
+        if shared.queued_frames.load(Ordering::Relaxed) >= shared.max_messages {
+            drop(queue);
+            shared.written(len);
+            self.overflow(metrics);
+            return false;
+        }
+        shared.queued_frames.fetch_add(1, Ordering::Relaxed);
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame);
+        drop(queue);
+        if was_empty {
+            shared.ready.notify_one();
+        }
+        true
     }
 
     fn overflow(&self, metrics: &Metrics) {
