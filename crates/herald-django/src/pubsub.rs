@@ -13,17 +13,18 @@
 //! - a node whose count exceeds `#delivered` delivers and raises `#delivered` to its count.
 //!
 //! So the k-th identical copy is delivered by whichever node hears its k-th copy first,
-//! and by no other. A node hearing these bytes for the first time while others already
-//! delivered some (it restarted, or subscribed later) aligns its count with theirs: if the
-//! last delivery was under [`ALIGN_MS`] ago, that delivery was of the copy it hears now
-//! (every subscriber hears a PUBLISH within milliseconds), otherwise it hears a new copy.
-//! The one case this cannot tell apart — every node subscribed to the channel being new
-//! and the same bytes published twice within [`ALIGN_MS`] — delivers the second copy once
-//! fewer; it is counted in `skipped`. pubsub payloads carry no random prefix, so this counting is what keeps
+//! and by no other. pubsub payloads carry no random prefix, so this counting is what keeps
 //! two genuinely repeated messages (the same text twice) from being merged, while a node
 //! that subscribed late cannot deliver an old copy twice. The hash expires
 //! [`DEDUP_WINDOW_SECS`] after its last use. A node that claims a message and dies before
 //! publishing loses it (at most once).
+//!
+//! One case counting cannot tell apart: if every node subscribed to a channel is new (a
+//! full restart of the herald nodes) and Django publishes bytes identical to a message
+//! delivered less than [`DEDUP_WINDOW_SECS`] before, the new nodes' counts start below
+//! `#delivered` and that copy is not delivered; it is counted in `skipped`. The core
+//! backend (`RedisChannelLayer`, Django's default) has no such case: each message is
+//! popped by exactly one node.
 //!
 //! Herald's own `group_send` comes back to herald's subscribers; messages whose `type` is
 //! the configured `message_type` are skipped on receive, so nothing loops.
@@ -46,33 +47,18 @@ use crate::keys::consistent_hash;
 use crate::stats::bump;
 
 /// How long a claim hash lives after its last use. Every node hears a PUBLISH within
-/// milliseconds, so a minute is far beyond any real spread.
-pub const DEDUP_WINDOW_SECS: u64 = 60;
+/// milliseconds, so this is far beyond any real spread; it is kept short because of the
+/// one case counting cannot tell apart (see the module docs).
+pub const DEDUP_WINDOW_SECS: u64 = 15;
 
-/// How close in time two nodes' claims of identical bytes must be to count as the same
-/// copy, for a node that has no count of its own yet.
-pub const ALIGN_MS: u64 = 5000;
-
-/// The claim; see the module docs. KEYS[1]: the hash. ARGV: node id, window seconds,
-/// alignment milliseconds.
+/// The claim; see the module docs. KEYS[1]: the hash. ARGV: node id, window seconds.
 /// Returns 1 when this node delivers.
 const CLAIM_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local heard = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 local delivered = tonumber(redis.call('HGET', KEYS[1], '#delivered') or '0')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if heard == 1 and delivered > 0 then
-    local at = tonumber(redis.call('HGET', KEYS[1], '#at') or '0')
-    if now - at < tonumber(ARGV[3]) then
-        redis.call('HSET', KEYS[1], ARGV[1], delivered)
-        return 0
-    end
-    heard = delivered + 1
-    redis.call('HSET', KEYS[1], ARGV[1], heard)
-end
 if heard > delivered then
-    redis.call('HSET', KEYS[1], '#delivered', heard, '#at', now)
+    redis.call('HSET', KEYS[1], '#delivered', heard)
     return 1
 end
 return 0
@@ -301,7 +287,6 @@ async fn claim(shared: &Shared, shard: usize, key: &str) -> redis::RedisResult<i
             .key(key)
             .arg(&shared.node_id)
             .arg(DEDUP_WINDOW_SECS)
-            .arg(ALIGN_MS)
             .invoke_async(&mut conn)
             .await;
         match result {
