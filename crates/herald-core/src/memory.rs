@@ -113,6 +113,34 @@ impl State {
         state
     }
 
+    /// Stamps `payload` with the group's next offset and stores it in the history ring;
+    /// returns the message and whether this node subscribed to the group.
+    fn append(
+        &mut self,
+        group: &GroupName,
+        payload: Payload,
+        config: &HistoryConfig,
+        now: Instant,
+    ) -> (Message, bool) {
+        let subscribed = self.subscribed.contains(group);
+        let g = self.group(group, config, now);
+        g.last_offset += 1;
+        g.last_activity = now;
+        let message = Message {
+            group: group.clone(),
+            offset: g.last_offset,
+            epoch: g.epoch.clone(),
+            payload,
+        };
+        if config.max_len > 0 {
+            if g.ring.len() >= config.max_len {
+                g.ring.pop_front();
+            }
+            g.ring.push_back((now, message.clone()));
+        }
+        (message, subscribed)
+    }
+
     /// Forgets groups idle for longer than the history age, at most once per sweep
     /// interval, so abandoned groups do not accumulate. Their epoch goes with them.
     fn sweep(&mut self, config: &HistoryConfig, now: Instant) {
@@ -137,33 +165,45 @@ impl Layer for MemoryLayer {
             .reserve()
             .await
             .map_err(|_| LayerError::Closed)?;
-        let config = self.shared.history;
-        let now = Instant::now();
         let mut state = self.lock();
-        let subscribed = state.subscribed.contains(group);
-        let g = state.group(group, &config, now);
-        g.last_offset += 1;
-        g.last_activity = now;
-        let message = Message {
-            group: group.clone(),
-            offset: g.last_offset,
-            epoch: g.epoch.clone(),
-            payload,
-        };
-        let position = Position {
-            offset: message.offset,
-            epoch: message.epoch.clone(),
-        };
-        if config.max_len > 0 {
-            if g.ring.len() >= config.max_len {
-                g.ring.pop_front();
-            }
-            g.ring.push_back((now, message.clone()));
-        }
+        let (message, subscribed) =
+            state.append(group, payload, &self.shared.history, Instant::now());
+        let position = message.position();
         if subscribed {
             permit.send(message);
         }
         Ok(position)
+    }
+
+    async fn publish_batch(
+        &self,
+        items: Vec<(GroupName, Payload)>,
+    ) -> Result<Vec<Position>, (usize, LayerError)> {
+        // The same as `publish` one by one, with one reservation and one lock per chunk.
+        let mut positions = Vec::with_capacity(items.len());
+        let chunk_len = self.shared.tx.max_capacity().max(1);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let chunk: Vec<_> = items.by_ref().take(chunk_len).collect();
+            let mut permits = match self.shared.tx.reserve_many(chunk.len()).await {
+                Ok(permits) => permits,
+                Err(_) => return Err((positions.len(), LayerError::Closed)),
+            };
+            let now = Instant::now();
+            let mut state = self.lock();
+            for (group, payload) in chunk {
+                let (message, subscribed) =
+                    state.append(&group, payload, &self.shared.history, now);
+                positions.push(message.position());
+                if subscribed {
+                    // One permit was reserved per item, so one is always left here.
+                    if let Some(permit) = permits.next() {
+                        permit.send(message);
+                    }
+                }
+            }
+        }
+        Ok(positions)
     }
 
     async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {

@@ -143,6 +143,16 @@ pub struct Message {
     pub payload: Payload,
 }
 
+impl Message {
+    /// The message's position in its group's stream.
+    pub fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -387,10 +387,28 @@ impl Hub {
     /// Queues `message` to every local member of its group, encoding its frame once per
     /// wire mode in use.
     pub fn deliver(&self, message: &Message) -> Delivered {
+        self.deliver_all(std::slice::from_ref(message))
+    }
+
+    /// Like [`Hub::deliver`] for several messages, under one lock acquisition (the pump
+    /// hands over what the layer had ready in one go).
+    pub fn deliver_all(&self, messages: &[Message]) -> Delivered {
         let groups = self.read();
-        let Some(members) = groups.get(&message.group) else {
-            return Delivered::default();
-        };
+        let mut total = Delivered::default();
+        for message in messages {
+            if let Some(members) = groups.get(&message.group) {
+                let one = Self::deliver_to(members, message, &self.metrics);
+                total.sent += one.sent;
+                total.dropped += one.dropped;
+            }
+        }
+        drop(groups);
+        Metrics::add(&self.metrics.frames_delivered, total.sent as u64);
+        Metrics::add(&self.metrics.frames_dropped, total.dropped as u64);
+        total
+    }
+
+    fn deliver_to(members: &[Member], message: &Message, metrics: &Metrics) -> Delivered {
         let mut plain: Option<Bytes> = None;
         let mut v1: Option<Bytes> = None;
         let mut delivered = Delivered::default();
@@ -406,15 +424,12 @@ impl Hub {
                 offset: message.offset,
                 epoch,
             };
-            if member.outbox.offer(out, &self.metrics) {
+            if member.outbox.offer(out, metrics) {
                 delivered.sent += 1;
             } else {
                 delivered.dropped += 1;
             }
         }
-        drop(groups);
-        Metrics::add(&self.metrics.frames_delivered, delivered.sent as u64);
-        Metrics::add(&self.metrics.frames_dropped, delivered.dropped as u64);
         delivered
     }
 }

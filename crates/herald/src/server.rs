@@ -326,9 +326,8 @@ async fn pump(
             break;
         }
         Metrics::add(&metrics.messages_received, n as u64);
-        for message in batch.drain(..) {
-            hub.deliver(&message);
-        }
+        hub.deliver_all(&batch);
+        batch.clear();
     }
 }
 
