@@ -290,7 +290,9 @@ impl Connection {
         let shared = self.outbox.shared().clone();
         let mode = shared.mode();
         let hb = self.state.config.heartbeat;
-        let mut tick = self.state.ticker.clone();
+        let tick = next_tick(self.state.ticker.clone());
+        tokio::pin!(tick);
+        let mut ticking = true;
         let mut last_in = Instant::now();
         let mut last_out = Instant::now();
         let stall = self.stall_timeout();
@@ -299,6 +301,13 @@ impl Connection {
         let mut expiry = self
             .expires
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        // Created once, outside the loop: each of these registers a waiter, and creating
+        // them per iteration (per delivered frame) costs a lock and a list update each.
+        let shutdown = self.state.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let kicked = shared.kicked();
+        tokio::pin!(kicked);
         loop {
             tokio::select! {
                 biased;
@@ -306,7 +315,7 @@ impl Connection {
                     Metrics::add(&self.state.metrics.tokens_expired, 1);
                     return End::Close(close::TOKEN_EXPIRED, "token expired");
                 }
-                _ = self.state.shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     if mode == Mode::V1 {
                         let window = self.state.config.shutdown.goaway_window.as_millis() as u64;
                         // Best effort: the close that follows is what matters.
@@ -314,7 +323,7 @@ impl Connection {
                     }
                     return End::Close(close::RESTART, "server restart");
                 }
-                _ = shared.kicked() => {
+                _ = &mut kicked => {
                     let code = shared.close_code().unwrap_or(close::SLOW_CONSUMER);
                     return End::Close(code, "slow consumer: outbox overflowed");
                 }
@@ -388,11 +397,13 @@ impl Connection {
                     }
                     reader.shrink_if_idle();
                 }
-                changed = tick.changed() => {
-                    if changed.is_err() {
+                ticked = &mut tick, if ticking => {
+                    let Some(receiver) = ticked else {
                         // The ticker stopped: the server is shutting down.
+                        ticking = false;
                         continue;
-                    }
+                    };
+                    tick.set(next_tick(receiver));
                     let now = Instant::now();
                     if now.saturating_duration_since(last_in) > hb.interval + hb.timeout {
                         Metrics::add(&self.state.metrics.heartbeat_timeouts, 1);
@@ -456,6 +467,15 @@ async fn write_frames(
             "peer stopped reading",
         )),
     }
+}
+
+/// Waits for the shared heartbeat tick and hands the receiver back (`None` once the ticker
+/// stopped). Owning the receiver lets the connection keep one pending wait across loop
+/// iterations instead of registering a new one for every frame it sends.
+async fn next_tick(
+    mut ticker: tokio::sync::watch::Receiver<()>,
+) -> Option<tokio::sync::watch::Receiver<()>> {
+    ticker.changed().await.ok().map(|()| ticker)
 }
 
 /// Reads and discards until end of stream, or until the peer pauses for 200 ms.
