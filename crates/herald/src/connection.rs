@@ -140,9 +140,12 @@ impl Connection {
         let metrics = self.state.metrics.clone();
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut reader = self.reader();
+        // The handshake and the closing phases are boxed: they run once and hold large
+        // state (history, replay frames, timers), which would otherwise be part of every
+        // connection's task for its whole life, idle or not.
         let end = match self.outbox.shared().mode() {
             Mode::Plain => self.run(&mut rd, &mut wr, &mut reader).await,
-            Mode::V1 => match self.handshake_v1(&mut rd, &mut wr, &mut reader).await {
+            Mode::V1 => match Box::pin(self.handshake_v1(&mut rd, &mut wr, &mut reader)).await {
                 Ok(()) => self.run(&mut rd, &mut wr, &mut reader).await,
                 Err(end) => end,
             },
@@ -152,7 +155,7 @@ impl Connection {
         let pending = self.rx.len() as u64;
         Metrics::add(&metrics.frames_dropped, pending);
         self.rx.close();
-        finish(end, &mut rd, &mut wr, &mut reader).await;
+        Box::pin(finish(end, &mut rd, &mut wr, &mut reader)).await;
     }
 
     /// Gives up a connection whose upgrade never completed.
@@ -481,7 +484,8 @@ async fn next_tick(
 /// Reads and discards until end of stream, or until the peer pauses for 200 ms.
 async fn drain(rd: &mut ReadHalf<Io>) {
     use tokio::io::AsyncReadExt;
-    let mut scratch = [0u8; 4096];
+    // On the heap: an array here would sit in every connection task's future.
+    let mut scratch = vec![0u8; 4096];
     while let Ok(Ok(n)) = timeout(Duration::from_millis(200), rd.read(&mut scratch)).await {
         if n == 0 {
             break;

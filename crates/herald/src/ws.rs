@@ -156,7 +156,7 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
         }
     };
     let tracker = state.tracker.clone();
-    tracker.spawn(async move {
+    let connection_task = async move {
         // Held for the connection's whole life, so the limit counts it from now on.
         let _slot = slot;
         match on_upgrade.await {
@@ -176,7 +176,8 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                 }
             }
         }
-    });
+    };
+    tracker.spawn(connection_task);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
