@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -66,31 +65,13 @@ impl Server {
         let path = std::env::temp_dir().join(format!("herald-hostile-{}.toml", std::process::id()));
         std::fs::write(&path, CONFIG).expect("write config");
         let config = ConfigFile(path);
-        let mut child = Command::new(support::herald_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        let mut cmd = Command::new(support::herald_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config.0)
             .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn herald");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the one address line; the thread ends with it.
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("herald prints its address within 10 s");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
+            .stderr(Stdio::inherit());
+        let (child, addr) = support::spawn_serve(cmd);
+        let addr = addr.parse().expect("an address");
         Self {
             child,
             addr,

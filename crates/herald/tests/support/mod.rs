@@ -189,3 +189,31 @@ pub fn redis_config(url: &str, prefix: &str) -> Config {
 pub async fn get_status(addr: SocketAddr, path: &str) -> u16 {
     http(addr, "GET", path, &[], b"").await.0
 }
+
+/// Spawns `cmd` (a `herald serve --listen 127.0.0.1:0 ...` command), waits (≤ 10 s) for the
+/// `listening on http://ADDR` line and returns the child with that address.
+pub fn spawn_serve(mut cmd: std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the one address line; the thread ends with it.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("herald prints its address within 10 s");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    assert!(!addr.ends_with(":0"), "the real port is printed: {addr}");
+    (child, addr)
+}
