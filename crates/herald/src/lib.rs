@@ -12,6 +12,9 @@
 //!                 (route, limits)  (reads, heartbeats,                        ▲
 //!                                   writes shared frames)                     │
 //! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ server::pump
+//!                                     ▲
+//! Django group_send ──▶ herald_django bridge (started by server, memberships kept by
+//!                       subscriptions)
 //! ```
 //!
 //! # Layout
