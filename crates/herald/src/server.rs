@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use herald_core::Incoming;
 use hyper::body::Incoming as HyperBody;
@@ -287,7 +288,19 @@ impl HttpConn {
         } = self;
         let service = hyper::service::service_fn(move |mut req: Request<HyperBody>| {
             req.extensions_mut().insert(PeerAddr(peer));
-            router.clone().oneshot(req)
+            let too_large = head_too_large(&req);
+            let router = router.clone();
+            async move {
+                if too_large {
+                    return Ok(crate::api::ApiError::new(
+                        axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "headers_too_large",
+                        format!("request headers are larger than {MAX_HEAD_BYTES} bytes"),
+                    )
+                    .into_response());
+                }
+                router.oneshot(req).await
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -307,6 +320,21 @@ impl HttpConn {
             }
         }
     }
+}
+
+/// Largest request head (target plus headers) served. hyper refuses heads that fill its
+/// read buffer (~400 KB) with 431, but one that arrives in a single large read can slip
+/// through; this makes the limit exact and much lower.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+fn head_too_large<B>(req: &Request<B>) -> bool {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    target + headers > MAX_HEAD_BYTES
 }
 
 /// Moves messages from the layer into the hub: the single delivery path.
