@@ -26,7 +26,6 @@ async fn stopped_redis_makes_calls_fail_fast() {
     redis.stop();
     // The very first call after the stop may be the one that discovers it: it must fail
     // fast as well, not hang.
-    let started = Instant::now();
     let first = within(
         "publish after stop",
         FAIL_FAST,
@@ -37,10 +36,8 @@ async fn stopped_redis_makes_calls_fail_fast() {
         matches!(first, Err(LayerError::Unavailable(_))),
         "{first:?}"
     );
-    assert!(started.elapsed() < FAIL_FAST);
 
     wait_until("not ready after stop", FAIL_FAST, || !layer.is_ready()).await;
-    let started = Instant::now();
     let publish = within(
         "publish while down",
         FAIL_FAST,
@@ -65,11 +62,6 @@ async fn stopped_redis_makes_calls_fail_fast() {
     assert!(
         matches!(batch, Err((0, LayerError::Unavailable(_)))),
         "{batch:?}"
-    );
-    assert!(
-        started.elapsed() < FAIL_FAST,
-        "calls while down took {:?}",
-        started.elapsed()
     );
     assert!(layer.stats().unavailable >= 4);
 }
@@ -126,7 +118,6 @@ async fn subscriptions_made_while_down_apply_on_reconnect() {
     // Redis is unreachable at start: building the layer still works.
     let (layer, mut rx) = layer(&redis, &unique_prefix());
     let g = group("later");
-    let started = Instant::now();
     within("subscribe while down", FAIL_FAST, layer.subscribe(&g))
         .await
         .expect("subscribe while down is recorded");
@@ -140,7 +131,6 @@ async fn subscriptions_made_while_down_apply_on_reconnect() {
         matches!(publish, Err(LayerError::Unavailable(_))),
         "{publish:?}"
     );
-    assert!(started.elapsed() < FAIL_FAST);
     assert!(!layer.is_ready());
     // Let the background task fail at least once, so the retry path is what recovers.
     wait_until("a failed connection attempt", FAIL_FAST, || {
@@ -247,7 +237,6 @@ async fn frozen_redis_times_out_and_recovers() {
 
     redis.pause();
     // Connections stay open but nothing answers: the command deadline is what fails it.
-    let started = Instant::now();
     let publish = within(
         "publish while frozen",
         FAIL_FAST,
@@ -258,7 +247,6 @@ async fn frozen_redis_times_out_and_recovers() {
         matches!(publish, Err(LayerError::Unavailable(_))),
         "{publish:?}"
     );
-    assert!(started.elapsed() < FAIL_FAST);
     // The silent subscriber connection is declared lost by the health check.
     wait_until("not ready while frozen", Duration::from_secs(3), || {
         !layer.is_ready()

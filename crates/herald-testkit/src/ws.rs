@@ -145,11 +145,6 @@ impl WsClient {
         drop(self.stream);
     }
 
-    /// The subprotocol the server selected.
-    pub fn protocol(&self) -> Option<String> {
-        None
-    }
-
     /// Sends a close frame with `code`.
     pub async fn close_with(&mut self, code: u16) -> Result<()> {
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
