@@ -18,6 +18,7 @@ use herald_ws::{FrameReader, Inbound, Limits, ReadError, encode_close, encode_po
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant, timeout};
 
 use crate::close;
@@ -54,6 +55,9 @@ pub struct Connection {
     /// A `herald.v1` connection on a token route authorizes after its hello; boxed so
     /// connections without it pay one pointer.
     pub(crate) pending_auth: Option<Box<PendingAuth>>,
+    /// The plain TCP socket under the WebSocket, for the hub's direct writes (plain mode
+    /// without TLS only: `herald.v1` frames pass the task's replay filter).
+    pub(crate) direct: Option<Arc<TcpStream>>,
 }
 
 /// What a `herald.v1` connection needs to authorize once its `hello` arrived.
@@ -96,6 +100,7 @@ impl Connection {
             epochs,
             expires: None,
             pending_auth: None,
+            direct: None,
         }
     }
 
@@ -150,6 +155,8 @@ impl Connection {
                 Err(end) => end,
             },
         };
+        // No more direct writes from the hub: this task owns the socket's last bytes.
+        self.rx.begin_writing();
         // Stop receiving before the closing handshake, so nothing queues meanwhile.
         self.leave().await;
         let pending = self.rx.len() as u64;
@@ -311,6 +318,13 @@ impl Connection {
         tokio::pin!(cancelled);
         let kicked = shared.kicked();
         tokio::pin!(kicked);
+        if mode == Mode::Plain {
+            if let Some(socket) = self.direct.take() {
+                // From here on the socket carries only WebSocket frames (the 101 went
+                // out before the upgrade completed), so the hub may write them itself.
+                self.rx.arm_direct(socket);
+            }
+        }
         loop {
             tokio::select! {
                 biased;
@@ -319,6 +333,7 @@ impl Connection {
                     return End::Close(close::TOKEN_EXPIRED, "token expired");
                 }
                 _ = &mut cancelled => {
+                    self.rx.begin_writing();
                     if mode == Mode::V1 {
                         let window = self.state.config.shutdown.goaway_window.as_millis() as u64;
                         // Best effort: the close that follows is what matters.
@@ -364,15 +379,18 @@ impl Connection {
                     if write_frames(wr, batch, stall).await.is_err() {
                         return End::Drop;
                     }
+                    self.rx.done_writing();
                     last_out = Instant::now();
                 }
                 inbound = reader.read(rd) => {
                     last_in = Instant::now();
                     match inbound {
                         Ok(Some(Inbound::Ping(data))) => {
+                            self.rx.begin_writing();
                             if write_frames(wr, [encode_pong(&data)], stall).await.is_err() {
                                 return End::Drop;
                             }
+                            self.rx.done_writing();
                         }
                         Ok(Some(Inbound::Pong(_))) => {}
                         Ok(Some(Inbound::Close { code, .. })) => return End::PeerClosed(code),
@@ -426,9 +444,11 @@ impl Connection {
                             Mode::Plain => herald_ws::encode_ping(b""),
                             Mode::V1 => protocol::ping(),
                         };
+                        self.rx.begin_writing();
                         if write_frames(wr, [ping], stall).await.is_err() {
                             return End::Drop;
                         }
+                        self.rx.done_writing();
                         last_out = now;
                     }
                 }

@@ -3,7 +3,8 @@
 //! Only the hub knows who is a member of what; the layer only moves messages between
 //! nodes. `deliver` encodes each message into its WebSocket frame once per wire mode and
 //! hands the same `Bytes` to every member's bounded outbox: a refcount increment per
-//! recipient, no copy.
+//! recipient, no copy. Members of small groups with an idle outbox get the frame written
+//! to their socket directly (see [`Outbox::offer`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use bytes::Bytes;
 use herald_core::{GroupName, Message, PayloadKind};
 use herald_ws::{OpCode, encode_frame, encode_frame_parts};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -76,6 +78,13 @@ struct Queue {
     frames: VecDeque<OutFrame>,
     /// Set by [`OutboxReceiver::close`]: no more frames are accepted.
     closed: bool,
+    /// The connection's socket, once its task armed direct writes (plain mode over plain
+    /// TCP). While the queue is empty and the task is not writing, [`Outbox::offer`]
+    /// writes a frame straight to it instead of waking the task.
+    direct: Option<Arc<TcpStream>>,
+    /// The task holds frames it took from the queue, or is writing a frame of its own:
+    /// a direct write now could interleave with its bytes.
+    writing: bool,
 }
 
 /// A drained deque keeps at most this capacity, so a connection that saw a burst does
@@ -162,6 +171,7 @@ impl OutboxReceiver {
                 return Err(Empty);
             }
             std::mem::swap(&mut self.local, &mut queue.frames);
+            queue.writing = true;
         }
         let frame = self.local.pop_front().ok_or(Empty)?;
         self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
@@ -181,10 +191,36 @@ impl OutboxReceiver {
         self.len() == 0
     }
 
+    /// Lets the hub write frames directly to `socket` whenever this outbox is empty and
+    /// the task is not writing. Call once the socket carries WebSocket frames.
+    pub fn arm_direct(&mut self, socket: Arc<TcpStream>) {
+        let mut queue = self.shared.queue();
+        if !queue.closed {
+            queue.direct = Some(socket);
+        }
+    }
+
+    /// The task is about to write a frame of its own (ping, pong, goaway): direct writes
+    /// pause until [`OutboxReceiver::done_writing`].
+    pub fn begin_writing(&mut self) {
+        self.shared.queue().writing = true;
+    }
+
+    /// The task wrote everything it took: direct writes may resume if nothing is queued.
+    pub fn done_writing(&mut self) {
+        if self.local.is_empty() {
+            let mut queue = self.shared.queue();
+            if queue.frames.is_empty() {
+                queue.writing = false;
+            }
+        }
+    }
+
     /// Refuses every further frame and drops the queued ones.
     pub fn close(&mut self) {
         let mut queue = self.shared.queue();
         queue.closed = true;
+        queue.direct = None;
         let dropped = queue.frames.len() + self.local.len();
         queue.frames = VecDeque::new();
         drop(queue);
@@ -192,6 +228,13 @@ impl OutboxReceiver {
         self.shared
             .queued_frames
             .fetch_sub(dropped, Ordering::Relaxed);
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        // Releases the socket held for direct writes even if the task ended abruptly.
+        self.close();
     }
 }
 
@@ -229,7 +272,11 @@ impl Outbox {
 
     /// Queues a frame without waiting. On overflow the connection is kicked with 4001
     /// and `false` returned; a closing connection also returns `false`.
-    pub fn offer(&self, frame: OutFrame, metrics: &Metrics) -> bool {
+    ///
+    /// With `inline`, a connection armed for direct writes whose outbox is empty and whose
+    /// task is not writing gets the frame written to its socket right here (no wake-up
+    /// of its task); what the socket does not take is queued for the task as usual.
+    pub fn offer(&self, frame: OutFrame, metrics: &Metrics, inline: bool) -> bool {
         let shared = &*self.shared;
         let len = frame.frame.len();
         let queued = shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -255,6 +302,25 @@ impl Outbox {
             shared.written(len);
             self.overflow(metrics);
             return false;
+        }
+        let mut frame = frame;
+        if inline && queue.frames.is_empty() && !queue.writing {
+            if let Some(socket) = &queue.direct {
+                match socket.try_write(&frame.frame) {
+                    Ok(n) if n == len => {
+                        drop(queue);
+                        shared.written(len);
+                        return true;
+                    }
+                    // The socket buffer took part of it: the task writes the rest.
+                    Ok(n) => {
+                        shared.written(n);
+                        frame.frame = frame.frame.slice(n..);
+                    }
+                    // Full, or broken: the task waits for room, or meets the error itself.
+                    Err(_) => {}
+                }
+            }
         }
         shared.queued_frames.fetch_add(1, Ordering::Relaxed);
         let was_empty = queue.frames.is_empty();
@@ -309,6 +375,9 @@ pub struct Delivered {
     /// Members whose outbox refused the frame.
     pub dropped: usize,
 }
+
+/// Largest local group whose frames [`Hub`] writes inline (see [`Outbox::offer`]).
+pub const INLINE_MAX_MEMBERS: usize = 8;
 
 /// Node-local membership and fan-out.
 #[derive(Debug)]
@@ -409,6 +478,11 @@ impl Hub {
     }
 
     fn deliver_to(members: &[Member], message: &Message, metrics: &Metrics) -> Delivered {
+        // A small group (a user's tabs) is written inline: one non-blocking write per
+        // member from this thread beats waking each member's task. A large fan-out goes
+        // to the connection tasks, which run on every worker and write queued frames in
+        // batches; written inline it would serialize on this one thread.
+        let inline = members.len() <= INLINE_MAX_MEMBERS;
         let mut plain: Option<Bytes> = None;
         let mut v1: Option<Bytes> = None;
         let mut delivered = Delivered::default();
@@ -424,7 +498,7 @@ impl Hub {
                 offset: message.offset,
                 epoch,
             };
-            if member.outbox.offer(out, metrics) {
+            if member.outbox.offer(out, metrics, inline) {
                 delivered.sent += 1;
             } else {
                 delivered.dropped += 1;
@@ -542,5 +616,108 @@ mod tests {
             b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":3}"
         );
         assert_eq!(&body[4 + hlen..], &[0, 1, 2]);
+    }
+
+    /// A connected socket pair: the server end (shared, as the hub holds it) and the peer.
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Arc::new(server), peer)
+    }
+
+    fn frame_of(bytes: Vec<u8>) -> OutFrame {
+        OutFrame {
+            frame: Bytes::from(bytes),
+            slot: 0,
+            offset: 0,
+            epoch: 0,
+        }
+    }
+
+    async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0u8; n];
+        tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("bytes within 5 s")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn inline_offers_reach_the_socket_without_the_task() {
+        let metrics = Metrics::default();
+        let (socket, mut peer) = socket_pair().await;
+        let (outbox, mut rx) = Outbox::new(Mode::Plain, 8, 1 << 20);
+        // Not armed yet: queued for the task.
+        assert!(outbox.offer(frame_of(b"one".to_vec()), &metrics, true));
+        assert_eq!(rx.len(), 1);
+        assert_eq!(&rx.try_recv().unwrap().frame[..], b"one");
+        outbox.shared().written(3);
+        rx.done_writing();
+        rx.arm_direct(socket);
+        // Armed, idle, small group: written here, nothing queued, no bytes counted.
+        assert!(outbox.offer(frame_of(b"two".to_vec()), &metrics, true));
+        assert!(rx.is_empty());
+        assert_eq!(outbox.shared().queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(read_exactly(&mut peer, 3).await, b"two");
+        // A large fan-out (inline = false) always goes through the task.
+        assert!(outbox.offer(frame_of(b"three".to_vec()), &metrics, false));
+        assert_eq!(rx.len(), 1);
+        // And while frames wait for the task, later ones queue behind them (order).
+        assert!(outbox.offer(frame_of(b"four".to_vec()), &metrics, true));
+        assert_eq!(rx.len(), 2);
+        // While the task writes a frame of its own, inline writes pause too.
+        assert_eq!(&rx.try_recv().unwrap().frame[..], b"three");
+        assert_eq!(&rx.try_recv().unwrap().frame[..], b"four");
+        rx.done_writing();
+        rx.begin_writing();
+        assert!(outbox.offer(frame_of(b"five".to_vec()), &metrics, true));
+        assert_eq!(rx.len(), 1);
+        // Closing releases the socket: the hub no longer writes.
+        rx.close();
+        assert!(!outbox.offer(frame_of(b"six".to_vec()), &metrics, true));
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_leaves_the_rest_to_the_task_in_order() {
+        let metrics = Metrics::default();
+        let (socket, mut peer) = socket_pair().await;
+        let (outbox, mut rx) = Outbox::new(Mode::Plain, 10_000, 1 << 30);
+        rx.arm_direct(socket.clone());
+        // The peer reads nothing: the socket buffers fill, a write goes partial, and every
+        // later frame must queue behind the remainder.
+        let frames: Vec<Vec<u8>> = (0..400u32)
+            .map(|i| {
+                let mut f = vec![(i % 251) as u8; 16 * 1024];
+                f[..4].copy_from_slice(&i.to_be_bytes());
+                f
+            })
+            .collect();
+        for f in &frames {
+            assert!(outbox.offer(frame_of(f.clone()), &metrics, true));
+        }
+        let queued = rx.len();
+        assert!(queued > 0, "6.4 MB did not all fit in the socket buffers");
+        assert!(queued < frames.len(), "nothing was written inline");
+        // Play the task: write what was queued, in order, while the peer reads everything.
+        let expected: Vec<u8> = frames.concat();
+        let reader = tokio::spawn(async move { read_exactly(&mut peer, expected.len()).await });
+        while let Ok(f) = rx.try_recv() {
+            let mut rest = &f.frame[..];
+            while !rest.is_empty() {
+                socket.writable().await.unwrap();
+                match socket.try_write(rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let got = reader.await.unwrap();
+        assert!(got == frames.concat(), "bytes arrived out of order or torn");
     }
 }

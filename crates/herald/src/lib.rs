@@ -17,6 +17,12 @@
 //!                       subscriptions)
 //! ```
 //!
+//! One shortcut: for a small group (≤ [`hub::INLINE_MAX_MEMBERS`] local members, e.g. one
+//! user's tabs) on a plain-mode connection over plain TCP, `hub.deliver` writes the frame
+//! to the socket itself when the connection's outbox is empty and its task is not
+//! writing, instead of waking the task; anything the socket does not take at once goes
+//! through the outbox as above.
+//!
 //! # Layout
 //!
 //! - [`server`]: [`run`], the accept loop and the graceful-shutdown order.
@@ -30,6 +36,8 @@
 //! - [`node_layer`]: the configured layer as one type; [`metrics`]: counters.
 //! - [`auth`]: connection tokens (HS256 JWT) and what they grant; [`client_ip`]: the
 //!   client address behind trusted proxies; [`tls`]: the rustls acceptor.
+//! - `socket`: the plain TCP socket shared by a connection's task and the hub's direct
+//!   writes.
 
 pub mod api;
 mod assets;
@@ -45,6 +53,7 @@ pub mod node_layer;
 pub mod protocol;
 pub mod route;
 pub mod server;
+mod socket;
 pub mod subscriptions;
 pub mod tls;
 mod ws;

@@ -29,6 +29,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node_layer::NodeLayer;
 use crate::route::Route;
+use crate::socket::SharedTcp;
 use crate::subscriptions::Subscriptions;
 use crate::{api, assets, ws};
 
@@ -50,6 +51,11 @@ pub enum ServeError {
 /// The address the client connected from.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The request's plain TCP socket (request extension; absent under TLS): a WebSocket on
+/// it lets the hub write frames directly while its task is idle.
+#[derive(Clone, Debug)]
+pub(crate) struct DirectSocket(pub(crate) Arc<TcpStream>);
 
 /// Everything request handlers and connection tasks share.
 #[derive(Debug)]
@@ -191,12 +197,16 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     // Small frames must leave at once; Nagle would hold them back.
                     let _ = stream.set_nodelay(true);
-                    let conn = HttpConn { peer, router: router.clone(), cancel: cancel.clone(), handshake_timeout, drain };
+                    let mut conn = HttpConn { peer, router: router.clone(), cancel: cancel.clone(), handshake_timeout, drain, direct: None };
                     match &tls {
                         // The TLS handshake runs inside the connection's task, so a slow
                         // one never holds up the accept loop.
                         Some(acceptor) => connections.spawn(conn.serve_tls(stream, acceptor.clone())),
-                        None => connections.spawn(conn.serve(stream)),
+                        None => {
+                            let shared = SharedTcp::new(stream);
+                            conn.direct = Some(DirectSocket(shared.0.clone()));
+                            connections.spawn(conn.serve(shared))
+                        }
                     };
                 }
                 Err(e) => {
@@ -248,6 +258,8 @@ struct HttpConn {
     cancel: CancellationToken,
     handshake_timeout: Duration,
     drain: Duration,
+    /// The plain TCP socket, for the hub's direct writes (none under TLS).
+    direct: Option<DirectSocket>,
 }
 
 impl HttpConn {
@@ -285,9 +297,13 @@ impl HttpConn {
             cancel,
             handshake_timeout,
             drain,
+            direct,
         } = self;
         let service = hyper::service::service_fn(move |mut req: Request<HyperBody>| {
             req.extensions_mut().insert(PeerAddr(peer));
+            if let Some(direct) = &direct {
+                req.extensions_mut().insert(direct.clone());
+            }
             let too_large = head_too_large(&req);
             let router = router.clone();
             async move {

@@ -21,7 +21,7 @@ use crate::connection::{Connection, PendingAuth};
 use crate::hub::Mode;
 use crate::metrics::Metrics;
 use crate::protocol::SUBPROTOCOL;
-use crate::server::{AppState, PeerAddr};
+use crate::server::{AppState, DirectSocket, PeerAddr};
 
 /// Handles every request no other route took: WebSocket upgrades on configured routes,
 /// 404 for everything else.
@@ -139,6 +139,8 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                     tracing::debug!(conn_id = connection.id, client = ?client, route = matched.route.pattern(), ?mode, "websocket accepted");
                     connection.expires = expires;
                     if mode == Mode::Plain {
+                        connection.direct =
+                            req.extensions().get::<DirectSocket>().map(|s| s.0.clone());
                         // Join before answering 101: once the client sees the upgrade, every
                         // message published to its groups reaches it.
                         connection.join().await;

