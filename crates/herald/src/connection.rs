@@ -30,7 +30,7 @@ use crate::server::AppState;
 type Io = TokioIo<Upgraded>;
 
 /// Most frames gathered into one socket write.
-const MAX_BATCH_FRAMES: usize = 64;
+const MAX_BATCH_FRAMES: usize = 1024;
 /// Most bytes gathered into one socket write.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Time allowed for the closing handshake.
@@ -349,9 +349,12 @@ impl Connection {
                     let Some(first) = first else { return End::Drop };
                     let mut batch = Vec::new();
                     let mut bytes = 0;
+                    // Everything taken, skipped frames included, for `release`.
+                    let (mut taken, mut taken_bytes) = (0, 0);
                     let mut next = Some(first);
                     while let Some(frame) = next {
-                        shared.written(frame.frame.len());
+                        taken += 1;
+                        taken_bytes += frame.frame.len();
                         if mode == Mode::V1 {
                             let slot = frame.slot as usize;
                             if self.epochs.get(slot) != Some(&frame.epoch) {
@@ -373,6 +376,7 @@ impl Connection {
                             None
                         };
                     }
+                    self.rx.release(taken, taken_bytes);
                     if batch.is_empty() {
                         continue;
                     }

@@ -7,7 +7,7 @@
 //! to their socket directly (see [`Outbox::offer`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -58,11 +58,9 @@ pub struct ConnShared {
     close_code: AtomicU16,
     /// Wakes the connection task when `close_code` is set.
     kicked: Notify,
-    /// Bytes sitting in the outbox; bounded by `max_bytes`.
-    queued_bytes: AtomicUsize,
+    /// Bound on [`Queue::bytes`].
     max_bytes: usize,
-    /// Frames queued and not yet taken by the connection task; bounded by `max_messages`.
-    queued_frames: AtomicUsize,
+    /// Bound on [`Queue::count`].
     max_messages: usize,
     /// The frames themselves. A plain deque rather than a tokio mpsc channel: the channel
     /// allocates its first 32-slot block (~1.5 KiB) up front, for every connection, idle or
@@ -85,6 +83,11 @@ struct Queue {
     /// The task holds frames it took from the queue, or is writing a frame of its own:
     /// a direct write now could interleave with its bytes.
     writing: bool,
+    /// Frames and bytes in the outbox: queued here, or taken by the task and not yet
+    /// released ([`OutboxReceiver::release`]). Plain fields under the lock the producer
+    /// takes anyway; the task settles them once per batch, not once per frame.
+    count: usize,
+    bytes: usize,
 }
 
 /// A drained deque keeps at most this capacity, so a connection that saw a burst does
@@ -114,11 +117,6 @@ impl ConnShared {
     /// Resolves once the connection was kicked (cancel-safe; `notify_one` keeps a permit).
     pub async fn kicked(&self) {
         self.kicked.notified().await;
-    }
-
-    /// Records that `n` queued bytes were written out.
-    pub fn written(&self, n: usize) {
-        self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// The connection's wire mode.
@@ -174,11 +172,20 @@ impl OutboxReceiver {
             queue.writing = true;
         }
         let frame = self.local.pop_front().ok_or(Empty)?;
-        self.shared.queued_frames.fetch_sub(1, Ordering::Relaxed);
         if self.local.is_empty() && self.local.capacity() > KEEP_CAPACITY {
             self.local = VecDeque::new();
         }
         Ok(frame)
+    }
+
+    /// The task is done with `frames` frames of `bytes` bytes it took (written out, or
+    /// skipped): they no longer count against the outbox's bounds.
+    pub fn release(&mut self, frames: usize, bytes: usize) {
+        if frames > 0 {
+            let mut queue = self.shared.queue();
+            queue.count = queue.count.saturating_sub(frames);
+            queue.bytes = queue.bytes.saturating_sub(bytes);
+        }
     }
 
     /// Frames queued and not yet returned.
@@ -221,13 +228,11 @@ impl OutboxReceiver {
         let mut queue = self.shared.queue();
         queue.closed = true;
         queue.direct = None;
-        let dropped = queue.frames.len() + self.local.len();
         queue.frames = VecDeque::new();
+        queue.count = 0;
+        queue.bytes = 0;
         drop(queue);
         self.local = VecDeque::new();
-        self.shared
-            .queued_frames
-            .fetch_sub(dropped, Ordering::Relaxed);
     }
 }
 
@@ -250,9 +255,7 @@ impl Outbox {
         let shared = Arc::new(ConnShared {
             close_code: AtomicU16::new(0),
             kicked: Notify::new(),
-            queued_bytes: AtomicUsize::new(0),
             max_bytes,
-            queued_frames: AtomicUsize::new(0),
             max_messages: max_messages.max(1),
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
@@ -278,28 +281,16 @@ impl Outbox {
     /// of its task); what the socket does not take is queued for the task as usual.
     pub fn offer(&self, frame: OutFrame, metrics: &Metrics, inline: bool) -> bool {
         let shared = &*self.shared;
-        let len = frame.frame.len();
-        let queued = shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if shared.close_code().is_some() {
-            shared.written(len);
-            return false;
-        }
-        if queued + len > shared.max_bytes {
-            shared.written(len);
-            self.overflow(metrics);
             return false;
         }
         let mut queue = shared.queue();
         if queue.closed {
-            drop(queue);
-            shared.written(len);
             return false;
         }
-        // Producers push under the lock, so this check and the increment cannot interleave
-        // with another push; the consumer only ever lowers the count.
-        if shared.queued_frames.load(Ordering::Relaxed) >= shared.max_messages {
+        let len = frame.frame.len();
+        if queue.count >= shared.max_messages || queue.bytes + len > shared.max_bytes {
             drop(queue);
-            shared.written(len);
             self.overflow(metrics);
             return false;
         }
@@ -307,22 +298,16 @@ impl Outbox {
         if inline && queue.frames.is_empty() && !queue.writing {
             if let Some(socket) = &queue.direct {
                 match socket.try_write(&frame.frame) {
-                    Ok(n) if n == len => {
-                        drop(queue);
-                        shared.written(len);
-                        return true;
-                    }
+                    Ok(n) if n == len => return true,
                     // The socket buffer took part of it: the task writes the rest.
-                    Ok(n) => {
-                        shared.written(n);
-                        frame.frame = frame.frame.slice(n..);
-                    }
+                    Ok(n) => frame.frame = frame.frame.slice(n..),
                     // Full, or broken: the task waits for room, or meets the error itself.
                     Err(_) => {}
                 }
             }
         }
-        shared.queued_frames.fetch_add(1, Ordering::Relaxed);
+        queue.count += 1;
+        queue.bytes += frame.frame.len();
         let was_empty = queue.frames.is_empty();
         queue.frames.push_back(frame);
         drop(queue);
@@ -656,13 +641,13 @@ mod tests {
         assert!(outbox.offer(frame_of(b"one".to_vec()), &metrics, true));
         assert_eq!(rx.len(), 1);
         assert_eq!(&rx.try_recv().unwrap().frame[..], b"one");
-        outbox.shared().written(3);
+        rx.release(1, 3);
         rx.done_writing();
         rx.arm_direct(socket);
         // Armed, idle, small group: written here, nothing queued, no bytes counted.
         assert!(outbox.offer(frame_of(b"two".to_vec()), &metrics, true));
         assert!(rx.is_empty());
-        assert_eq!(outbox.shared().queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(outbox.shared().queue().bytes, 0);
         assert_eq!(read_exactly(&mut peer, 3).await, b"two");
         // A large fan-out (inline = false) always goes through the task.
         assert!(outbox.offer(frame_of(b"three".to_vec()), &metrics, false));
