@@ -280,41 +280,73 @@ impl Outbox {
     /// task is not writing gets the frame written to its socket right here (no wake-up
     /// of its task); what the socket does not take is queued for the task as usual.
     pub fn offer(&self, frame: OutFrame, metrics: &Metrics, inline: bool) -> bool {
+        self.offer_all(std::iter::once(frame), 1, metrics, inline)
+            .sent
+            == 1
+    }
+
+    /// [`Outbox::offer`] for the `n` frames of `frames`, in order, under one lock. Frames
+    /// after an overflow are dropped (the connection is being closed with 4001).
+    pub fn offer_all(
+        &self,
+        frames: impl Iterator<Item = OutFrame>,
+        n: usize,
+        metrics: &Metrics,
+        inline: bool,
+    ) -> Delivered {
         let shared = &*self.shared;
+        let refused = Delivered {
+            sent: 0,
+            dropped: n,
+        };
         if shared.close_code().is_some() {
-            return false;
+            return refused;
         }
         let mut queue = shared.queue();
         if queue.closed {
-            return false;
+            return refused;
         }
-        let len = frame.frame.len();
-        if queue.count >= shared.max_messages || queue.bytes + len > shared.max_bytes {
-            drop(queue);
-            self.overflow(metrics);
-            return false;
+        let was_empty = queue.frames.is_empty();
+        if !inline && n > 1 {
+            // One allocation for a burst instead of the deque doubling its way up.
+            queue.frames.reserve(n);
         }
-        let mut frame = frame;
-        if inline && queue.frames.is_empty() && !queue.writing {
-            if let Some(socket) = &queue.direct {
-                match socket.try_write(&frame.frame) {
-                    Ok(n) if n == len => return true,
-                    // The socket buffer took part of it: the task writes the rest.
-                    Ok(n) => frame.frame = frame.frame.slice(n..),
-                    // Full, or broken: the task waits for room, or meets the error itself.
-                    Err(_) => {}
+        let mut sent = 0;
+        let mut overflowed = false;
+        for mut frame in frames {
+            let len = frame.frame.len();
+            if queue.count >= shared.max_messages || queue.bytes + len > shared.max_bytes {
+                overflowed = true;
+                break;
+            }
+            sent += 1;
+            if inline && queue.frames.is_empty() && !queue.writing {
+                if let Some(socket) = &queue.direct {
+                    match socket.try_write(&frame.frame) {
+                        Ok(n) if n == len => continue,
+                        // The socket buffer took part of it: the task writes the rest.
+                        Ok(n) => frame.frame = frame.frame.slice(n..),
+                        // Full, or broken: the task waits for room, or meets the error.
+                        Err(_) => {}
+                    }
                 }
             }
+            queue.count += 1;
+            queue.bytes += frame.frame.len();
+            queue.frames.push_back(frame);
         }
-        queue.count += 1;
-        queue.bytes += frame.frame.len();
-        let was_empty = queue.frames.is_empty();
-        queue.frames.push_back(frame);
+        let wake = was_empty && !queue.frames.is_empty();
         drop(queue);
-        if was_empty {
+        if overflowed {
+            self.overflow(metrics);
+        }
+        if wake {
             shared.ready.notify_one();
         }
-        true
+        Delivered {
+            sent,
+            dropped: n - sent,
+        }
     }
 
     fn overflow(&self, metrics: &Metrics) {
@@ -445,13 +477,15 @@ impl Hub {
     }
 
     /// Like [`Hub::deliver`] for several messages, under one lock acquisition (the pump
-    /// hands over what the layer had ready in one go).
+    /// hands over what the layer had ready in one go). Consecutive messages for the same
+    /// group are delivered member by member: each member's outbox is locked once for the
+    /// whole run instead of once per message.
     pub fn deliver_all(&self, messages: &[Message]) -> Delivered {
         let groups = self.read();
         let mut total = Delivered::default();
-        for message in messages {
-            if let Some(members) = groups.get(&message.group) {
-                let one = Self::deliver_to(members, message, &self.metrics);
+        for run in messages.chunk_by(|a, b| a.group == b.group) {
+            if let Some(members) = groups.get(&run[0].group) {
+                let one = Self::deliver_run(members, run, &self.metrics);
                 total.sent += one.sent;
                 total.dropped += one.dropped;
             }
@@ -462,32 +496,36 @@ impl Hub {
         total
     }
 
-    fn deliver_to(members: &[Member], message: &Message, metrics: &Metrics) -> Delivered {
+    /// Delivers `run` (messages of one group, in order) to `members`.
+    fn deliver_run(members: &[Member], run: &[Message], metrics: &Metrics) -> Delivered {
         // A small group (a user's tabs) is written inline: one non-blocking write per
         // member from this thread beats waking each member's task. A large fan-out goes
         // to the connection tasks, which run on every worker and write queued frames in
         // batches; written inline it would serialize on this one thread.
         let inline = members.len() <= INLINE_MAX_MEMBERS;
-        let mut plain: Option<Bytes> = None;
-        let mut v1: Option<Bytes> = None;
+        // Each message is encoded once per wire mode in use, when a member first needs it.
+        let mut plain: Option<Vec<Bytes>> = None;
+        let mut v1: Option<Vec<Bytes>> = None;
+        let epochs: Vec<u32> = run.iter().map(|m| epoch_tag(m.epoch.as_str())).collect();
         let mut delivered = Delivered::default();
-        let epoch = epoch_tag(message.epoch.as_str());
         for member in members {
-            let frame = match member.outbox.shared.mode {
-                Mode::Plain => plain.get_or_insert_with(|| encode_plain(message)),
-                Mode::V1 => v1.get_or_insert_with(|| encode_v1(message)),
+            let frames = match member.outbox.shared.mode {
+                Mode::Plain => plain.get_or_insert_with(|| run.iter().map(encode_plain).collect()),
+                Mode::V1 => v1.get_or_insert_with(|| run.iter().map(encode_v1).collect()),
             };
-            let out = OutFrame {
-                frame: frame.clone(),
-                slot: member.slot,
-                offset: message.offset,
-                epoch,
-            };
-            if member.outbox.offer(out, metrics, inline) {
-                delivered.sent += 1;
-            } else {
-                delivered.dropped += 1;
-            }
+            let outs = frames
+                .iter()
+                .zip(run)
+                .zip(&epochs)
+                .map(|((frame, message), &epoch)| OutFrame {
+                    frame: frame.clone(),
+                    slot: member.slot,
+                    offset: message.offset,
+                    epoch,
+                });
+            let one = member.outbox.offer_all(outs, run.len(), metrics, inline);
+            delivered.sent += one.sent;
+            delivered.dropped += one.dropped;
         }
         delivered
     }
@@ -583,6 +621,59 @@ mod tests {
         assert_eq!(a.shared().close_code(), Some(4001));
         assert_eq!(metrics.outbox_overflows.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.frames_dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn runs_keep_order_per_member_and_an_overflow_drops_the_rest_of_the_run() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(metrics.clone());
+        let g = GroupName::new("g").unwrap();
+        let h = GroupName::new("h").unwrap();
+        let (a, mut ra) = Outbox::new(Mode::Plain, 3, 1 << 20);
+        let (b, mut rb) = Outbox::new(Mode::Plain, 100, 1 << 20);
+        let (c, mut rc) = Outbox::new(Mode::Plain, 100, 1 << 20);
+        hub.join(&g, 1, 0, &a);
+        hub.join(&g, 2, 0, &b);
+        hub.join(&h, 3, 0, &c);
+        let text = |group: &GroupName, offset: u64, body: &str| Message {
+            payload: Payload::text(body),
+            ..message(group, offset)
+        };
+        // Runs: [g1 g2] [h1] [g3 g4 g5].
+        let batch = [
+            text(&g, 1, "g1"),
+            text(&g, 2, "g2"),
+            text(&h, 1, "h1"),
+            text(&g, 3, "g3"),
+            text(&g, 4, "g4"),
+            text(&g, 5, "g5"),
+        ];
+        assert_eq!(
+            hub.deliver_all(&batch),
+            Delivered {
+                sent: 3 + 5 + 1,
+                dropped: 2
+            }
+        );
+        let drain = |rx: &mut OutboxReceiver| {
+            let mut got = Vec::new();
+            while let Ok(f) = rx.try_recv() {
+                got.push((f.offset, f.frame[2..].to_vec()));
+            }
+            got
+        };
+        let g_all: Vec<(u64, Vec<u8>)> =
+            (1..=5).map(|i| (i, format!("g{i}").into_bytes())).collect();
+        assert_eq!(drain(&mut rb), g_all);
+        assert_eq!(
+            drain(&mut ra),
+            g_all[..3].to_vec(),
+            "a takes 3, then overflows"
+        );
+        assert_eq!(a.shared().close_code(), Some(4001));
+        assert_eq!(drain(&mut rc), vec![(1, b"h1".to_vec())]);
+        assert_eq!(metrics.outbox_overflows.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.frames_dropped.load(Ordering::Relaxed), 2);
     }
 
     #[test]
