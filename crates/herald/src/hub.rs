@@ -782,17 +782,22 @@ mod tests {
         // Play the task: write what was queued, in order, while the peer reads everything.
         let expected: Vec<u8> = frames.concat();
         let reader = tokio::spawn(async move { read_exactly(&mut peer, expected.len()).await });
-        while let Ok(f) = rx.try_recv() {
-            let mut rest = &f.frame[..];
-            while !rest.is_empty() {
-                socket.writable().await.unwrap();
-                match socket.try_write(rest) {
-                    Ok(n) => rest = &rest[n..],
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("{e}"),
+        let write_queued = async {
+            while let Ok(f) = rx.try_recv() {
+                let mut rest = &f.frame[..];
+                while !rest.is_empty() {
+                    socket.writable().await.unwrap();
+                    match socket.try_write(rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("{e}"),
+                    }
                 }
             }
-        }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), write_queued)
+            .await
+            .expect("queued frames written within 10 s");
         let got = reader.await.unwrap();
         assert!(got == frames.concat(), "bytes arrived out of order or torn");
     }

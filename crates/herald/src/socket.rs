@@ -32,6 +32,29 @@ impl SharedTcp {
     }
 }
 
+/// Most bytes read per call. The buffer hyper hands in is uninitialized and, safe code
+/// being unable to read into it, is zeroed first: bounding the read bounds that work (a
+/// publish body can grow hyper's buffer to hundreds of KiB).
+const MAX_READ: usize = 16 * 1024;
+
+impl SharedTcp {
+    /// Waits for write readiness and runs `write` until it does not block.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            // `try_write` clears the readiness on WouldBlock, so the next poll registers.
+            match write(&self.0) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
 impl AsyncRead for SharedTcp {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -40,8 +63,9 @@ impl AsyncRead for SharedTcp {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
+            let want = buf.remaining().min(MAX_READ);
             // `try_read` clears the readiness on WouldBlock, so the next poll registers.
-            match self.0.try_read(buf.initialize_unfilled()) {
+            match self.0.try_read(buf.initialize_unfilled_to(want)) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -59,13 +83,7 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        self.poll_write_with(cx, |s| s.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -73,13 +91,7 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        self.poll_write_with(cx, |s| s.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
