@@ -106,11 +106,26 @@ pub struct Grant {
 
 impl Grant {
     /// The moment the connection must be closed with 4003, on the runtime's clock.
+    /// A token valid for longer than [`MAX_DEADLINE`] (an `exp` near `u64::MAX` is a valid
+    /// JWT) is treated as valid for that long: the clock's `Instant` cannot hold more.
     pub fn deadline(&self) -> tokio::time::Instant {
-        let left = self.valid_until.saturating_sub(unix_now());
-        tokio::time::Instant::now() + Duration::from_secs(left)
+        let left =
+            Duration::from_secs(self.valid_until.saturating_sub(unix_now())).min(MAX_DEADLINE);
+        let now = tokio::time::Instant::now();
+        // 30 years always fit on a monotonic clock; should one not, an hour does, and
+        // the connection is then asked to reconnect (4003) long before its token ends.
+        now.checked_add(left)
+            .unwrap_or_else(|| now + Duration::from_secs(3600))
     }
 }
+
+/// The furthest a token's expiry is scheduled: about 30 years, far past any connection's
+/// life and well inside what the runtime's clock can add without overflowing.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// The longest `herald token --ttl` mints: a year. Longer-lived connection tokens are a
+/// leaked-credential risk, not a convenience.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Verifies tokens against the configured secrets.
 pub struct Authenticator {
@@ -162,6 +177,11 @@ impl Authenticator {
         }
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                // An expiry further out than any sane issuer sets (herald mints at most
+                // a year) is a forged or broken token, not a convenience.
+                Ok(data) if data.claims.exp > unix_now().saturating_add(MAX_DEADLINE.as_secs()) => {
+                    return Err(Refusal::Invalid);
+                }
                 Ok(data) => return Ok(data.claims),
                 // Another secret may have signed it (rotation).
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
@@ -246,6 +266,9 @@ pub enum MintError {
     /// A group pattern is neither a group name nor `prefix.*`/`*`.
     #[error("invalid group pattern {0:?}")]
     BadPattern(String),
+    /// The requested lifetime is longer than [`MAX_TOKEN_TTL`].
+    #[error("the ttl is longer than the maximum of {} days", MAX_TOKEN_TTL.as_secs() / 86400)]
+    TtlTooLong,
     /// Signing failed.
     #[error("cannot sign the token: {0}")]
     Sign(String),
@@ -260,6 +283,9 @@ pub fn mint(
 ) -> Result<String, MintError> {
     if secret.is_empty() {
         return Err(MintError::NoSecret);
+    }
+    if ttl > MAX_TOKEN_TTL {
+        return Err(MintError::TtlTooLong);
     }
     if secret.len() < crate::config::MIN_SECRET_BYTES {
         // A server would refuse this secret at startup, so no server could verify it.
@@ -399,6 +425,42 @@ mod tests {
 
     fn groups(names: &[&str]) -> Vec<GroupName> {
         names.iter().map(|n| GroupName::new(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_far_future_exp_is_refused_and_never_overflows_the_clock() {
+        let auth = Authenticator::new(&[SECRET.to_vec()], Duration::from_secs(3600));
+        for exp in [
+            u64::MAX,
+            u64::MAX / 2,
+            1 << 63,
+            unix_now() + MAX_DEADLINE.as_secs() + 1,
+        ] {
+            let token = sign(SECRET, &claims("42", exp)).unwrap();
+            assert_eq!(auth.verify(&token), Err(Refusal::Invalid), "exp {exp}");
+        }
+        // The deadline saturates whatever a grant holds.
+        let far = Grant {
+            valid_until: u64::MAX,
+        }
+        .deadline();
+        assert!(far > tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        let past = Grant { valid_until: 0 }.deadline();
+        assert!(past <= tokio::time::Instant::now());
+    }
+
+    #[test]
+    fn mint_refuses_absurd_ttls() {
+        let too_long = MAX_TOKEN_TTL + Duration::from_secs(1);
+        assert!(matches!(
+            mint(SECRET, "42", None, too_long),
+            Err(MintError::TtlTooLong)
+        ));
+        assert!(matches!(
+            mint(SECRET, "42", None, Duration::from_secs(u64::MAX)),
+            Err(MintError::TtlTooLong)
+        ));
+        assert!(mint(SECRET, "42", None, MAX_TOKEN_TTL).is_ok());
     }
 
     #[test]

@@ -556,9 +556,17 @@ impl Config {
 }
 
 /// Overlays `HERALD_<SECTION>_<KEY>=value` (and `HERALD_LISTEN`) onto the TOML table.
-/// A value is read as a TOML literal when it is one (`100`, `true`, `["a"]`), else as a
-/// string, so `HERALD_LIMITS_MAX_CONNECTIONS=100` is a number and `HERALD_API_KEY=s3cr3t`
-/// a string.
+///
+/// A value is read as what its key is declared to be, never guessed from its look: a
+/// string key takes the text exactly as given (`HERALD_API_KEY=12345678` and
+/// `HERALD_API_KEY=true` are strings), a number or boolean key parses it, and a list key
+/// takes comma-separated items (`HERALD_DJANGO_HOSTS=redis://a:6379,redis://b:6379`; an
+/// empty value is an empty list). A TOML literal (`["a,b"]`, `[{ pattern = "x", capacity = 5 }]`)
+/// is accepted where plain text does not fit, e.g. for items that contain a comma.
+///
+/// The key's type is found by trying the readings in that order against the
+/// configuration's own schema: the first one the key accepts wins. A value no reading
+/// fits is kept as text, and loading then reports the key with its type error.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -568,36 +576,106 @@ fn apply_env(
             continue;
         };
         let rest = rest.to_ascii_lowercase();
-        let parsed = parse_env_value(&value);
-        if rest == "listen" {
-            table.insert(rest, parsed);
-            continue;
-        }
-        let Some((section, key)) = rest.split_once('_') else {
-            continue;
+        let (section, key) = if rest == "listen" {
+            (None, rest)
+        } else {
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
+            if !SECTIONS.contains(&section) || key.is_empty() {
+                // Other HERALD_* variables (e.g. HERALD_REDIS_SERVER for tests) are not config.
+                continue;
+            }
+            (Some(section.to_string()), key.to_string())
         };
-        if !SECTIONS.contains(&section) || key.is_empty() {
-            // Other HERALD_* variables (e.g. HERALD_REDIS_SERVER for tests) are not config.
-            continue;
-        }
-        let entry = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(section_table) = entry else {
-            return Err(ConfigError::new(section, "must be a table"));
+        let parsed = env_value(section.as_deref(), &key, &value);
+        let target = match &section {
+            None => &mut *table,
+            Some(section) => {
+                let entry = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(section_table) = entry else {
+                    return Err(ConfigError::new(section.clone(), "must be a table"));
+                };
+                section_table
+            }
         };
-        section_table.insert(key.to_string(), parsed);
+        target.insert(key, parsed);
     }
     Ok(())
 }
 
-fn parse_env_value(value: &str) -> toml::Value {
-    // Parse as the right-hand side of `v = <value>`; fall back to a plain string.
+/// The reading of an environment value that its key accepts (see [`apply_env`]).
+fn env_value(section: Option<&str>, key: &str, value: &str) -> toml::Value {
+    let text = toml::Value::String(value.to_string());
+    let mut readings = vec![text.clone()];
+    if let Some(literal) = toml_literal(value) {
+        readings.push(literal);
+    }
+    readings.push(comma_list(value, false));
+    readings.push(comma_list(value, true));
+    readings
+        .into_iter()
+        .find(|reading| key_accepts(section, key, reading))
+        .unwrap_or(text)
+}
+
+/// Whether the schema accepts `value` at `section.key`, all else left at its default.
+fn key_accepts(section: Option<&str>, key: &str, value: &toml::Value) -> bool {
+    let mut probe = toml::Table::new();
+    match section {
+        None => {
+            probe.insert(key.to_string(), value.clone());
+        }
+        Some(section) => {
+            let mut inner = toml::Table::new();
+            inner.insert(key.to_string(), value.clone());
+            probe.insert(section.to_string(), toml::Value::Table(inner));
+        }
+    }
+    match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(probe)) {
+        Ok(_) => true,
+        Err(e) => {
+            // Only an error at this key (or inside it) rules the reading out.
+            let path = e.path().to_string();
+            let at = match section {
+                None => key.to_string(),
+                Some(section) => format!("{section}.{key}"),
+            };
+            !(path == at
+                || path.starts_with(&format!("{at}."))
+                || path.starts_with(&format!("{at}[")))
+        }
+    }
+}
+
+/// `value` as the right-hand side of `v = <value>`, if it is a TOML literal.
+fn toml_literal(value: &str) -> Option<toml::Value> {
     format!("v = {value}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+/// Comma-separated items, each trimmed: all as text, or (`typed`) numbers and booleans as
+/// such.
+fn comma_list(value: &str, typed: bool) -> toml::Value {
+    if value.trim().is_empty() {
+        return toml::Value::Array(Vec::new());
+    }
+    toml::Value::Array(
+        value
+            .split(',')
+            .map(str::trim)
+            .map(|item| match toml_literal(item).filter(|_| typed) {
+                Some(
+                    v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
+                ) => v,
+                _ => toml::Value::String(item.to_string()),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -636,6 +714,73 @@ mod tests {
         assert_eq!(c.limits.max_connections, 7);
         assert_eq!(c.api.key.as_deref(), Some("s3cr3t"));
         assert_eq!(c.heartbeat.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn env_values_take_the_type_of_their_key() {
+        let env = |pairs: &[(&str, &str)]| {
+            Config::load(
+                None,
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+        };
+        // A string key takes the text as given, even when it looks like a number or bool.
+        for text in ["12345678", "true", "1.5", "[\"a\"]", "a,b", " spaced "] {
+            let c = env(&[("HERALD_API_KEY", text)]).unwrap();
+            assert_eq!(c.api.key.as_deref(), Some(text));
+        }
+        // Lists: comma-separated items, or a TOML array literal.
+        let c = env(&[
+            ("HERALD_DJANGO_HOSTS", "redis://a:6379,redis://b:6379"),
+            ("HERALD_LIMITS_TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+        ])
+        .unwrap();
+        assert_eq!(c.django.hosts, vec!["redis://a:6379", "redis://b:6379"]);
+        assert_eq!(c.limits.trusted_proxies.len(), 2);
+        let c = env(&[("HERALD_DJANGO_HOSTS", "[\"redis://a:6379\"]")]).unwrap();
+        assert_eq!(c.django.hosts, vec!["redis://a:6379"]);
+        let c = env(&[("HERALD_LIMITS_TRUSTED_PROXIES", "")]).unwrap();
+        assert!(c.limits.trusted_proxies.is_empty());
+        // Numbers, booleans and durations.
+        let c = env(&[
+            ("HERALD_LIMITS_MAX_BATCH", "17"),
+            ("HERALD_DJANGO_ENABLED", "false"),
+            ("HERALD_HISTORY_TTL", "90s"),
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.max_batch, 17);
+        assert!(!c.django.enabled);
+        assert_eq!(c.history.ttl, Duration::from_secs(90));
+        assert_eq!(c.listen.port(), 0);
+        // A value its key cannot take is reported by key.
+        let e = env(&[("HERALD_LIMITS_MAX_BATCH", "lots")]).unwrap_err();
+        assert_eq!(e.key, "limits.max_batch");
+        let e = env(&[("HERALD_LIMITS_BOGUS", "1")]).unwrap_err();
+        assert_eq!(e.key, "limits.bogus");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_reaches_a_string_key_verbatim(text in "\\PC{1,40}") {
+            let c = Config::load(None, [("HERALD_API_KEY".to_string(), text.clone())]).unwrap();
+            proptest::prop_assert_eq!(c.api.key.as_deref(), Some(text.as_str()));
+        }
+
+        #[test]
+        fn comma_separated_items_reach_a_list_key(
+            items in proptest::collection::vec("[a-z0-9:/._-]{1,20}", 1..6)
+        ) {
+            let value = items.join(",");
+            let c = Config::load(None, [("HERALD_DJANGO_HOSTS".to_string(), value)]).unwrap();
+            proptest::prop_assert_eq!(c.django.hosts, items);
+        }
+
+        #[test]
+        fn numbers_reach_a_number_key(n in 1usize..1_000_000) {
+            let c = Config::load(None, [("HERALD_LIMITS_MAX_BATCH".to_string(), n.to_string())]).unwrap();
+            proptest::prop_assert_eq!(c.limits.max_batch, n);
+        }
     }
 
     #[test]

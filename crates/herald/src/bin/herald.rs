@@ -62,7 +62,7 @@ enum Command {
         /// Without it, the token opens the routes whose groups its `sub` yields.
         #[arg(long, value_delimiter = ',')]
         groups: Option<Vec<String>>,
-        /// How long the token is valid, e.g. 15m, 1h, 7d.
+        /// How long the token is valid, e.g. 15m, 1h, 7d; at most 366 days.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
         /// Configuration file whose first `[auth]` secret signs the token.
