@@ -21,13 +21,22 @@ pub struct HistoryConfig {
     /// Age after which messages are dropped, and after which a group that received
     /// nothing loses its history and epoch. Default 24 h.
     pub max_age: Duration,
+    /// Bytes of history kept per group (payloads plus a fixed bookkeeping cost per
+    /// message, [`HISTORY_ENTRY_OVERHEAD`]); the oldest messages are trimmed past it. A
+    /// message larger than this is delivered but not kept. Default 4 MiB.
+    pub max_bytes: usize,
 }
+
+/// What one history entry costs besides its payload, as counted against the byte bounds
+/// of history: the entry itself and its bookkeeping, approximately.
+pub const HISTORY_ENTRY_OVERHEAD: usize = 128;
 
 impl Default for HistoryConfig {
     fn default() -> Self {
         Self {
             max_len: 1000,
             max_age: Duration::from_secs(24 * 60 * 60),
+            max_bytes: 4 << 20,
         }
     }
 }

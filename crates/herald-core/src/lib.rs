@@ -27,6 +27,6 @@ pub mod memory;
 pub mod message;
 
 pub use group::{GroupName, InvalidGroupName};
-pub use layer::{History, HistoryConfig, Incoming, Layer, LayerError};
+pub use layer::{HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, Layer, LayerError};
 pub use memory::MemoryLayer;
 pub use message::{Epoch, Message, Payload, PayloadKind, Position};

@@ -2,7 +2,7 @@
 //!
 //! It cannot scale past one node: use the Redis layer to share groups between processes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{
-    Epoch, GroupName, History, HistoryConfig, Incoming, Layer, LayerError, Message, Payload,
-    Position,
+    Epoch, GroupName, HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, Layer, LayerError,
+    Message, Payload, Position,
 };
 
 /// Settings of a [`MemoryLayer`].
@@ -22,6 +22,16 @@ pub struct MemoryLayerConfig {
     /// Capacity of the [`Incoming`] channel, in messages. Default 4096. When it is full,
     /// `publish` waits for room (backpressure), it never drops.
     pub incoming_capacity: usize,
+    /// Bytes of history kept by the whole node, counted as for
+    /// [`HistoryConfig::max_bytes`]. Past it, the histories of the groups published to
+    /// least recently are dropped (their epoch and offset stay, so live streams go on and
+    /// a resume that needed them gets `recovered: false`). Default 64 MiB.
+    pub max_total_bytes: usize,
+    /// Groups whose position and history the node keeps. Past it, the group published to
+    /// least recently and without a subscriber here is forgotten (a later publish starts
+    /// a new epoch). Subscribed groups are never forgotten, so their count may exceed
+    /// this. Default 100,000.
+    pub max_groups: usize,
 }
 
 impl Default for MemoryLayerConfig {
@@ -29,8 +39,21 @@ impl Default for MemoryLayerConfig {
         Self {
             history: HistoryConfig::default(),
             incoming_capacity: 4096,
+            max_total_bytes: 64 << 20,
+            max_groups: 100_000,
         }
     }
+}
+
+/// What a [`MemoryLayer`] holds and has dropped, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Groups whose position (and possibly history) is kept.
+    pub groups: u64,
+    /// Bytes of history held, counted as for [`HistoryConfig::max_bytes`].
+    pub bytes: u64,
+    /// Histories dropped whole to stay under `max_total_bytes` or `max_groups`.
+    pub evicted: u64,
 }
 
 /// The in-process layer. Clones share one bus.
@@ -43,6 +66,8 @@ pub struct MemoryLayer {
 struct Shared {
     tx: mpsc::Sender<Message>,
     history: HistoryConfig,
+    max_total_bytes: usize,
+    max_groups: usize,
     /// One lock for all groups: offsets are assigned and messages enqueued under it, which
     /// is what keeps `Incoming` in offset order. Never held across an `.await`.
     state: Mutex<State>,
@@ -53,6 +78,14 @@ struct State {
     groups: HashMap<GroupName, GroupState>,
     subscribed: HashSet<GroupName>,
     last_sweep: Option<Instant>,
+    /// Every group by its last publish, oldest first (keyed by a stamp that grows with
+    /// each publish): where the node-wide bounds evict from.
+    by_activity: BTreeMap<u64, GroupName>,
+    next_stamp: u64,
+    /// History bytes held by all groups.
+    bytes: usize,
+    /// Histories dropped by the node-wide bounds.
+    evicted: u64,
 }
 
 #[derive(Debug)]
@@ -60,7 +93,29 @@ struct GroupState {
     epoch: Epoch,
     last_offset: u64,
     last_activity: Instant,
+    /// This group's key in `State::by_activity`.
+    stamp: u64,
     ring: VecDeque<(Instant, Message)>,
+    /// History bytes of `ring`.
+    bytes: usize,
+}
+
+/// What one message costs against the byte bounds.
+fn cost(message: &Message) -> usize {
+    message
+        .payload
+        .data()
+        .len()
+        .saturating_add(HISTORY_ENTRY_OVERHEAD)
+}
+
+impl GroupState {
+    /// Drops the oldest entry; returns its cost.
+    fn pop_oldest(&mut self) -> usize {
+        let freed = self.ring.pop_front().map_or(0, |(_, m)| cost(&m));
+        self.bytes = self.bytes.saturating_sub(freed);
+        freed
+    }
 }
 
 impl MemoryLayer {
@@ -70,9 +125,21 @@ impl MemoryLayer {
         let shared = Arc::new(Shared {
             tx,
             history: config.history,
+            max_total_bytes: config.max_total_bytes,
+            max_groups: config.max_groups.max(1),
             state: Mutex::new(State::default()),
         });
         (Self { shared }, rx)
+    }
+
+    /// Groups and bytes held, and histories evicted.
+    pub fn stats(&self) -> MemoryStats {
+        let state = self.lock();
+        MemoryStats {
+            groups: state.groups.len() as u64,
+            bytes: state.bytes as u64,
+            evicted: state.evicted,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -85,15 +152,35 @@ impl MemoryLayer {
     }
 }
 
+/// The node-wide bounds, as [`State`] enforces them.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    history: HistoryConfig,
+    max_total_bytes: usize,
+    max_groups: usize,
+}
+
+impl Shared {
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            history: self.history,
+            max_total_bytes: self.max_total_bytes,
+            max_groups: self.max_groups,
+        }
+    }
+}
+
 impl State {
     /// The group's state, created with a fresh epoch when it has none, and trimmed by age.
-    fn group(
-        &mut self,
-        group: &GroupName,
-        config: &HistoryConfig,
-        now: Instant,
-    ) -> &mut GroupState {
-        self.sweep(config, now);
+    fn group(&mut self, group: &GroupName, bounds: &Bounds, now: Instant) -> &mut GroupState {
+        self.sweep(&bounds.history, now);
+        let mut stamp = 0;
+        if !self.groups.contains_key(group) {
+            self.make_room_for_a_group(bounds.max_groups);
+            stamp = self.stamp();
+            self.by_activity.insert(stamp, group.clone());
+        }
+        // Inserted exactly when it was missing above, with the stamp taken there.
         let state = self
             .groups
             .entry(group.clone())
@@ -101,42 +188,119 @@ impl State {
                 epoch: Epoch::random(),
                 last_offset: 0,
                 last_activity: now,
+                stamp,
                 ring: VecDeque::new(),
+                bytes: 0,
             });
+        let mut freed = 0;
         while let Some((at, _)) = state.ring.front() {
-            if now.saturating_duration_since(*at) > config.max_age {
-                state.ring.pop_front();
+            if now.saturating_duration_since(*at) > bounds.history.max_age {
+                freed += state.pop_oldest();
             } else {
                 break;
             }
         }
+        self.bytes = self.bytes.saturating_sub(freed);
         state
     }
 
-    /// Stamps `payload` with the group's next offset and stores it in the history ring;
-    /// returns the message and whether this node subscribed to the group.
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    /// Forgets groups without a subscriber here, least recently published first, until
+    /// one more fits under `max_groups`.
+    fn make_room_for_a_group(&mut self, max_groups: usize) {
+        if self.groups.len() < max_groups {
+            return;
+        }
+        let victims: Vec<u64> = self
+            .by_activity
+            .iter()
+            .filter(|(_, g)| !self.subscribed.contains(*g))
+            .map(|(stamp, _)| *stamp)
+            .take(self.groups.len() + 1 - max_groups)
+            .collect();
+        for stamp in victims {
+            if let Some(name) = self.by_activity.remove(&stamp) {
+                if let Some(g) = self.groups.remove(&name) {
+                    self.bytes = self.bytes.saturating_sub(g.bytes);
+                    self.evicted += 1;
+                }
+            }
+        }
+    }
+
+    /// Drops whole histories, least recently published first (never `keep`'s), until
+    /// the node holds at most `max_total_bytes`; positions and epochs stay.
+    fn shed_bytes(&mut self, max_total_bytes: usize, keep: u64) {
+        let mut cursor = 0;
+        while self.bytes > max_total_bytes {
+            let Some((&stamp, name)) = self.by_activity.range(cursor..).next() else {
+                break;
+            };
+            cursor = stamp + 1;
+            if stamp == keep {
+                continue;
+            }
+            let Some(g) = self.groups.get_mut(name) else {
+                continue;
+            };
+            if g.ring.is_empty() {
+                continue;
+            }
+            self.bytes = self.bytes.saturating_sub(g.bytes);
+            g.ring = VecDeque::new();
+            g.bytes = 0;
+            self.evicted += 1;
+        }
+    }
+
+    /// Stamps `payload` with the group's next offset and stores it in the history ring,
+    /// within the group's and the node's bounds; returns the message and whether this
+    /// node subscribed to the group.
     fn append(
         &mut self,
         group: &GroupName,
         payload: Payload,
-        config: &HistoryConfig,
+        bounds: &Bounds,
         now: Instant,
     ) -> (Message, bool) {
         let subscribed = self.subscribed.contains(group);
-        let g = self.group(group, config, now);
+        let stamp = self.stamp();
+        let config = bounds.history;
+        let g = self.group(group, bounds, now);
         g.last_offset += 1;
         g.last_activity = now;
+        let old_stamp = std::mem::replace(&mut g.stamp, stamp);
         let message = Message {
             group: group.clone(),
             offset: g.last_offset,
             epoch: g.epoch.clone(),
             payload,
         };
-        if config.max_len > 0 {
-            if g.ring.len() >= config.max_len {
-                g.ring.pop_front();
-            }
+        let mut added = 0;
+        let mut freed = 0;
+        let size = cost(&message);
+        if config.max_len > 0 && size <= config.max_bytes {
             g.ring.push_back((now, message.clone()));
+            g.bytes += size;
+            added = size;
+        } else {
+            // Too large to keep: the history before it cannot be continued past it.
+            while !g.ring.is_empty() {
+                freed += g.pop_oldest();
+            }
+        }
+        while g.ring.len() > config.max_len || g.bytes > config.max_bytes {
+            freed += g.pop_oldest();
+        }
+        self.bytes = self.bytes.saturating_add(added).saturating_sub(freed);
+        self.by_activity.remove(&old_stamp);
+        self.by_activity.insert(stamp, group.clone());
+        if self.bytes > bounds.max_total_bytes {
+            self.shed_bytes(bounds.max_total_bytes, stamp);
         }
         (message, subscribed)
     }
@@ -150,8 +314,17 @@ impl State {
             _ => {}
         }
         self.last_sweep = Some(now);
-        self.groups
-            .retain(|_, g| now.saturating_duration_since(g.last_activity) <= config.max_age);
+        let mut freed = 0;
+        let by_activity = &mut self.by_activity;
+        self.groups.retain(|_, g| {
+            let keep = now.saturating_duration_since(g.last_activity) <= config.max_age;
+            if !keep {
+                freed += g.bytes;
+                by_activity.remove(&g.stamp);
+            }
+            keep
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
     }
 }
 
@@ -165,9 +338,9 @@ impl Layer for MemoryLayer {
             .reserve()
             .await
             .map_err(|_| LayerError::Closed)?;
+        let bounds = self.shared.bounds();
         let mut state = self.lock();
-        let (message, subscribed) =
-            state.append(group, payload, &self.shared.history, Instant::now());
+        let (message, subscribed) = state.append(group, payload, &bounds, Instant::now());
         let position = message.position();
         if subscribed {
             permit.send(message);
@@ -190,10 +363,10 @@ impl Layer for MemoryLayer {
                 Err(_) => return Err((positions.len(), LayerError::Closed)),
             };
             let now = Instant::now();
+            let bounds = self.shared.bounds();
             let mut state = self.lock();
             for (group, payload) in chunk {
-                let (message, subscribed) =
-                    state.append(&group, payload, &self.shared.history, now);
+                let (message, subscribed) = state.append(&group, payload, &bounds, now);
                 positions.push(message.position());
                 if subscribed {
                     // One permit was reserved per item, so one is always left here.
@@ -221,10 +394,10 @@ impl Layer for MemoryLayer {
         group: &GroupName,
         since: Option<&Position>,
     ) -> Result<History, LayerError> {
-        let config = self.shared.history;
+        let bounds = self.shared.bounds();
         let now = Instant::now();
         let mut state = self.lock();
-        let g = state.group(group, &config, now);
+        let g = state.group(group, &bounds, now);
         let current = Position {
             offset: g.last_offset,
             epoch: g.epoch.clone(),
@@ -277,8 +450,10 @@ mod tests {
             history: HistoryConfig {
                 max_len: 10,
                 max_age: Duration::from_secs(60),
+                ..HistoryConfig::default()
             },
             incoming_capacity: 16,
+            ..MemoryLayerConfig::default()
         });
         let g = group("g");
         let first = layer.publish(&g, Payload::text("a")).await.unwrap();
@@ -307,8 +482,10 @@ mod tests {
             history: HistoryConfig {
                 max_len: 3,
                 max_age: Duration::from_secs(60),
+                ..HistoryConfig::default()
             },
             incoming_capacity: 16,
+            ..MemoryLayerConfig::default()
         });
         let g = group("g");
         let mut last = None;
@@ -340,6 +517,162 @@ mod tests {
         assert_eq!(
             h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
             vec![3, 4, 5]
+        );
+    }
+
+    fn bounded(
+        max_bytes: usize,
+        max_total_bytes: usize,
+        max_groups: usize,
+    ) -> (MemoryLayer, Incoming) {
+        MemoryLayer::new(MemoryLayerConfig {
+            history: HistoryConfig {
+                max_bytes,
+                ..HistoryConfig::default()
+            },
+            incoming_capacity: 16,
+            max_total_bytes,
+            max_groups,
+        })
+    }
+
+    async fn resume(layer: &MemoryLayer, g: &GroupName, at: &Position) -> History {
+        layer.history(g, Some(at)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_group_keeps_at_most_max_bytes_of_history() {
+        let per = 1000 + HISTORY_ENTRY_OVERHEAD;
+        let (layer, _rx) = bounded(3 * per, usize::MAX, 100);
+        let g = group("g");
+        let mut positions = Vec::new();
+        for _ in 0..10 {
+            positions.push(
+                layer
+                    .publish(&g, Payload::binary(vec![7u8; 1000]))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(layer.stats().bytes, 3 * per as u64);
+        let h = resume(&layer, &g, &positions[6]).await;
+        assert!(h.recovered);
+        assert_eq!(h.messages.len(), 3, "offsets 8, 9, 10");
+        assert!(!resume(&layer, &g, &positions[5]).await.recovered);
+        // A message larger than the bound is not kept, and what came before it cannot
+        // be continued past it.
+        let big = layer
+            .publish(&g, Payload::binary(vec![0u8; 4 * per]))
+            .await
+            .unwrap();
+        assert_eq!(layer.stats().bytes, 0);
+        assert!(!resume(&layer, &g, &positions[9]).await.recovered);
+        assert!(
+            resume(&layer, &g, &big).await.recovered,
+            "nothing missed since"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_node_drops_the_least_recently_published_histories_first() {
+        let per = 1000 + HISTORY_ENTRY_OVERHEAD;
+        let (layer, _rx) = bounded(usize::MAX, 5 * per, 100);
+        let (a, b, c) = (group("a"), group("b"), group("c"));
+        let a1 = layer
+            .publish(&a, Payload::binary(vec![1u8; 1000]))
+            .await
+            .unwrap();
+        let b1 = layer
+            .publish(&b, Payload::binary(vec![1u8; 1000]))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            layer
+                .publish(&c, Payload::binary(vec![1u8; 1000]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(layer.stats().evicted, 0, "exactly at the bound");
+        let c4 = layer
+            .publish(&c, Payload::binary(vec![1u8; 1000]))
+            .await
+            .unwrap();
+        let stats = layer.stats();
+        assert_eq!(stats.evicted, 1);
+        assert_eq!(stats.bytes, 5 * per as u64);
+        // a's history went (published least recently); its position and epoch stayed.
+        let h = resume(
+            &layer,
+            &a,
+            &Position {
+                offset: 0,
+                epoch: a1.epoch.clone(),
+            },
+        )
+        .await;
+        assert!(
+            !h.recovered,
+            "the evicted history is reported, never a partial list"
+        );
+        assert_eq!(h.current, a1);
+        assert!(
+            resume(
+                &layer,
+                &b,
+                &Position {
+                    offset: 0,
+                    epoch: b1.epoch.clone()
+                }
+            )
+            .await
+            .recovered
+        );
+        let a2 = layer.publish(&a, Payload::text("x")).await.unwrap();
+        assert_eq!((a2.offset, a2.epoch), (2, a1.epoch));
+        assert!(resume(&layer, &c, &c4).await.recovered);
+    }
+
+    #[tokio::test]
+    async fn past_max_groups_unsubscribed_groups_are_forgotten_oldest_first() {
+        let (layer, _rx) = bounded(usize::MAX, usize::MAX, 3);
+        let (a, b, c, d) = (group("a"), group("b"), group("c"), group("d"));
+        layer.subscribe(&a).await.unwrap();
+        let a1 = layer.publish(&a, Payload::text("1")).await.unwrap();
+        let b1 = layer.publish(&b, Payload::text("1")).await.unwrap();
+        layer.publish(&c, Payload::text("1")).await.unwrap();
+        layer.publish(&d, Payload::text("1")).await.unwrap();
+        let stats = layer.stats();
+        assert_eq!((stats.groups, stats.evicted), (3, 1));
+        // b (oldest without a subscriber) went; a (subscribed, older) stayed.
+        let b2 = layer.publish(&b, Payload::text("2")).await.unwrap();
+        assert_ne!(b2.epoch, b1.epoch, "forgotten: a new history");
+        let a2 = layer.publish(&a, Payload::text("2")).await.unwrap();
+        assert_eq!((a2.offset, a2.epoch), (2, a1.epoch));
+        assert_eq!(layer.stats().groups, 3);
+    }
+
+    #[tokio::test]
+    async fn many_groups_stay_within_the_bounds() {
+        let (layer, _rx) = bounded(usize::MAX, 1 << 20, 1000);
+        for i in 0..20_000 {
+            layer
+                .publish(&group(&format!("g{i}")), Payload::text("x"))
+                .await
+                .unwrap();
+        }
+        let stats = layer.stats();
+        assert_eq!(stats.groups, 1000);
+        assert!(stats.bytes <= 1 << 20);
+        let state = layer.lock();
+        assert_eq!(
+            state.by_activity.len(),
+            state.groups.len(),
+            "one index entry per group"
+        );
+        let counted: usize = state.groups.values().map(|g| g.bytes).sum();
+        assert_eq!(
+            counted, state.bytes,
+            "the node's count is the sum of the groups'"
         );
     }
 }

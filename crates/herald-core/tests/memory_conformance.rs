@@ -9,6 +9,7 @@ async fn memory_layer_conforms() {
         MemoryLayer::new(MemoryLayerConfig {
             history,
             incoming_capacity: 1024,
+            ..MemoryLayerConfig::default()
         })
     })
     .await;

@@ -137,6 +137,7 @@ mod tests {
             RedisLayerConfig::default().with_history(HistoryConfig {
                 max_len: 1,
                 max_age: Duration::ZERO,
+                ..HistoryConfig::default()
             }),
         ];
         for config in bad {

@@ -53,6 +53,7 @@ async fn history_survives_a_node_restart() {
     let history = HistoryConfig {
         max_len: 100,
         max_age: Duration::from_secs(600),
+        ..HistoryConfig::default()
     };
     let mut positions: Vec<Position> = Vec::new();
     {
@@ -93,6 +94,7 @@ async fn idle_groups_expire_with_their_epoch() {
     let history = HistoryConfig {
         max_len: 10,
         max_age: Duration::from_millis(300),
+        ..HistoryConfig::default()
     };
     let (layer, _rx) = layer_with(&redis, &prefix, history);
     ready(&layer).await;

@@ -16,6 +16,7 @@ use herald_core::{GroupName, History, HistoryConfig, Incoming, Layer, Message, P
 pub const SUITE_HISTORY: HistoryConfig = HistoryConfig {
     max_len: 8,
     max_age: Duration::from_secs(3600),
+    max_bytes: 1 << 20,
 };
 
 /// How long one case may take in total.

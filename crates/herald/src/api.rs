@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::{Bytes, BytesMut};
 use herald_core::{GroupName, Layer, Payload, Position};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use std::time::Duration;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
@@ -26,6 +28,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Answer with `Connection: close` (the request was not read to its end).
+    close: bool,
 }
 
 impl ApiError {
@@ -35,7 +39,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            close: false,
         }
+    }
+
+    /// The same answer, closing the connection after it.
+    pub(crate) fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
@@ -45,11 +56,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": self.code, "message": self.message})),
         )
-            .into_response()
+            .into_response();
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -182,6 +199,9 @@ pub(crate) async fn publish(
     req: Request,
 ) -> Result<Response, ApiError> {
     let key = authorize(&state, req.headers())?;
+    if key.is_none() {
+        check_browser_origin(&state, req.headers())?;
+    }
     // Every log line of this request names the key that authorized it ("-": open API).
     let span = tracing::info_span!("publish", key = key.unwrap_or("-"));
     publish_authorized(state, req).instrument(span).await
@@ -202,21 +222,46 @@ async fn publish_authorized(state: Arc<AppState>, req: Request) -> Result<Respon
             return Err(too_large());
         }
     }
-    let body: Body = req.into_body();
-    let bytes = to_bytes(body, limit).await.map_err(|e| {
-        if is_length_limit(&e) {
-            too_large()
-        } else {
-            ApiError::bad("bad_body", "could not read the request body")
+    let limits = &state.config.limits;
+    let bytes = match read_body(
+        req.into_body(),
+        limit,
+        limits.body_timeout,
+        limits.body_min_rate,
+    )
+    .await
+    {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => return Err(too_large()),
+        Err(BodyError::Broken) => {
+            return Err(ApiError::bad("bad_body", "could not read the request body"));
         }
-    })?;
+        Err(BodyError::TooSlow) => {
+            Metrics::add(&state.metrics.body_timeouts, 1);
+            if let Some(n) = state.body_timeout_log.hit() {
+                tracing::warn!(
+                    requests = n,
+                    "request bodies too slow (limits.body_timeout, limits.body_min_rate): answered 408 and closed"
+                );
+            }
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} (limits.body_timeout) or at {} bytes/s (limits.body_min_rate)",
+                    humantime::format_duration(limits.body_timeout),
+                    limits.body_min_rate
+                ),
+            )
+            .closing());
+        }
+    };
     let body: PublishBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad(
             "malformed_json",
             format!("request body is not a valid publish request: {e}"),
         )
     })?;
-    let limits = &state.config.limits;
     match body.messages {
         Some(messages) => {
             if body.group.is_some()
@@ -327,15 +372,57 @@ async fn send_to_django(state: &AppState, item: &Item, answer: &mut Value) -> Re
     Ok(())
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// Why a request body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// Not complete within the body timeout, or arriving below the minimum rate.
+    TooSlow,
+    /// The connection failed mid-body (or sent a malformed chunked encoding).
+    Broken,
+}
+
+/// How long a body may trickle at any rate before the minimum rate applies.
+const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads a whole request body of at most `limit` bytes. It must be complete within
+/// `timeout`, and, after [`BODY_RATE_GRACE`], keep up an average of `min_rate` bytes per
+/// second (0: no minimum): a client that announces a large body and sends it a byte at a
+/// time is cut off in seconds, not left holding a descriptor.
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    timeout: Duration,
+    min_rate: u64,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let start = tokio::time::Instant::now();
+    let deadline = start + timeout;
+    let mut buf = BytesMut::new();
+    loop {
+        // The time by which `buf.len()` bytes were due at the minimum rate: the next
+        // chunk must come before it (no minimum rate: only the deadline).
+        let due = match (buf.len() as u64)
+            .saturating_mul(1000)
+            .checked_div(min_rate)
+        {
+            Some(earned) => deadline.min(start + BODY_RATE_GRACE + Duration::from_millis(earned)),
+            None => deadline,
+        };
+        let frame = match tokio::time::timeout_at(due, body.frame()).await {
+            Err(_) => return Err(BodyError::TooSlow),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => return Err(BodyError::Broken),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len().saturating_add(data.len()) > limit {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
         }
-        source = err.source();
     }
-    false
 }
 
 fn answer(item: &Item, positions: &[(GroupName, Position)]) -> Value {
@@ -578,7 +665,7 @@ fn authorize<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<Option<&'s 
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .ok_or_else(unauthorized)?;
     // Compare against every key without stopping early, so timing reveals nothing.
     let mut matched: Option<&ApiKey> = None;
@@ -596,6 +683,49 @@ fn authorize<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<Option<&'s 
         }
         None => Err(unauthorized()),
     }
+}
+
+/// On an open API (no key), refuses requests a browser sent from a page: they carry an
+/// `Origin` header, and any site the user visits could otherwise publish with a
+/// `no-cors` form-like POST. Origins in `api.origins` may; servers and `curl` send none.
+fn check_browser_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let allowed = origin.to_str().is_ok_and(|o| {
+        state
+            .config
+            .api
+            .origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(o))
+    });
+    if allowed {
+        return Ok(());
+    }
+    Metrics::add(&state.metrics.publish_origin_refused, 1);
+    if let Some(n) = state.origin_refused_log.hit() {
+        tracing::warn!(
+            requests = n,
+            origin = ?origin,
+            "publish from a browser page refused: the API has no key and this origin is not in api.origins"
+        );
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "origin_refused",
+        "publishing from a browser needs an API key, or the page's origin in api.origins",
+    ))
+}
+
+/// The credentials of `Authorization: Bearer <key>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1) and may be followed by several spaces.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+        .filter(|key| !key.is_empty())
 }
 
 /// Appends `herald_publish_requests_total{key="<name>"}` (no label on an open API) and
@@ -629,10 +759,9 @@ fn render_key_metrics(state: &AppState, out: &mut String) {
 
 /// Equality whose duration depends only on the lengths, not on where the bytes differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    // subtle compares every byte of equal-length inputs; a length mismatch returns at
+    // once, which reveals only the key's length.
+    bool::from(subtle::ConstantTimeEq::ct_eq(a, b))
 }
 
 #[cfg(test)]

@@ -9,11 +9,9 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Deserializer};
 
 /// A network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare address is a /32 or /128.
+/// ipnet does the arithmetic; this adds bare addresses and IPv4-mapped IPv6 peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 /// Why a string is not a network.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,30 +22,22 @@ impl FromStr for IpNet {
     type Err = BadIpNet;
 
     fn from_str(text: &str) -> Result<Self, BadIpNet> {
-        let bad = || BadIpNet(text.to_string());
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
+        let trimmed = text.trim();
+        let net = if trimmed.contains('/') {
+            trimmed.parse::<ipnet::IpNet>().ok()
+        } else {
+            trimmed
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| ipnet::IpNet::from(canonical(ip)))
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
-            None => max,
-        };
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Self {
-            addr: canonical(addr),
-            prefix,
-        })
+        net.map(Self).ok_or_else(|| BadIpNet(text.to_string()))
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -61,21 +51,7 @@ impl<'de> Deserialize<'de> for IpNet {
 impl IpNet {
     /// Whether `ip` is inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&canonical(ip))
     }
 }
 

@@ -63,6 +63,28 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The Django Channels bridge (channels_redis wire format). Off by default.
     pub django: herald_django::DjangoConfig,
+    /// How `herald serve` logs.
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default; coloured only when stderr is a terminal) or `json` (one object
+    /// per line). The level is set with `RUST_LOG` (default `herald=info,warn`).
+    pub format: LogFormat,
+}
+
+/// A log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Config {
@@ -79,6 +101,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             django: herald_django::DjangoConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -169,13 +192,30 @@ pub struct HistorySection {
     /// How long messages (and an idle group's epoch) are kept. Default `24h`.
     #[serde(deserialize_with = "duration")]
     pub ttl: Duration,
+    /// Bytes of history kept per group: payloads plus about 128 bytes per message; the
+    /// oldest are trimmed past it, and a larger message is delivered but not kept.
+    /// Default 4 MiB.
+    pub max_bytes: usize,
+    /// Memory layer: bytes of history the whole node keeps, counted the same way. Past
+    /// it the histories of the groups published to least recently are dropped (a resume
+    /// that needed them gets `recovered: false`; live streams go on). Default 64 MiB.
+    pub max_total_bytes: usize,
+    /// Memory layer: groups whose position and history the node keeps; past it the
+    /// least recently published group without a member on this node is forgotten.
+    /// Default 100000.
+    pub max_groups: usize,
 }
 
 impl Default for HistorySection {
     fn default() -> Self {
+        let core = herald_core::HistoryConfig::default();
+        let memory = herald_core::memory::MemoryLayerConfig::default();
         Self {
             size: 1000,
             ttl: Duration::from_secs(24 * 3600),
+            max_bytes: core.max_bytes,
+            max_total_bytes: memory.max_total_bytes,
+            max_groups: memory.max_groups,
         }
     }
 }
@@ -189,6 +229,11 @@ pub struct ApiConfig {
     pub key: Option<String>,
     /// Several named keys; the name shows in logs.
     pub keys: BTreeMap<String, String>,
+    /// Page origins (`https://app.example.com`) that may publish from a browser while
+    /// the API has no key. Default: none — without a key, a request with an `Origin`
+    /// header (what browsers send) is refused with 403, so no web page the user visits
+    /// can publish through a herald on their machine or network.
+    pub origins: Vec<String>,
 }
 
 /// `[limits]`.
@@ -225,6 +270,21 @@ pub struct Limits {
     /// Proxies whose `X-Forwarded-For` is believed, as networks (`["10.0.0.0/8"]`).
     /// Default: none — the TCP peer is the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// HTTP connections open at once that are not (yet) WebSockets: publish requests,
+    /// metrics scrapes, upgrades in progress. Past it a new connection is answered 503
+    /// and closed. Default 10000, and never more than half the process's open-files
+    /// limit, so stalled requests cannot take the descriptors WebSockets need.
+    pub max_http_connections: usize,
+    /// The same per client address (IPv6: per /64); past it 429 and closed. Trusted
+    /// proxies are exempt (their clients share the proxy's address). Default 128.
+    pub max_http_connections_per_ip: usize,
+    /// Time allowed for a whole request body; a slower one is answered 408 and its
+    /// connection closed. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// Slowest average a request body may arrive at, in bytes per second, once it has
+    /// had 2 s; 0 turns the check off. Default 1024.
+    pub body_min_rate: u64,
 }
 
 impl Default for Limits {
@@ -241,6 +301,10 @@ impl Default for Limits {
             max_connections_per_ip: 1000,
             max_groups_per_connection: 64,
             trusted_proxies: Vec::new(),
+            max_http_connections: 10_000,
+            max_http_connections_per_ip: 128,
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
         }
     }
 }
@@ -395,6 +459,7 @@ const SECTIONS: &[&str] = &[
     "django",
     "auth",
     "tls",
+    "log",
 ];
 
 impl Config {
@@ -447,6 +512,17 @@ impl Config {
                 "limits.max_groups_per_connection",
                 self.limits.max_groups_per_connection,
             ),
+            (
+                "limits.max_http_connections",
+                self.limits.max_http_connections,
+            ),
+            ("history.max_bytes", self.history.max_bytes),
+            ("history.max_total_bytes", self.history.max_total_bytes),
+            ("history.max_groups", self.history.max_groups),
+            (
+                "limits.max_http_connections_per_ip",
+                self.limits.max_http_connections_per_ip,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -457,6 +533,7 @@ impl Config {
             ("heartbeat.interval", self.heartbeat.interval),
             ("heartbeat.timeout", self.heartbeat.timeout),
             ("limits.handshake_timeout", self.limits.handshake_timeout),
+            ("limits.body_timeout", self.limits.body_timeout),
             ("history.ttl", self.history.ttl),
         ];
         for (key, value) in nonzero {

@@ -42,11 +42,14 @@
 pub mod api;
 mod assets;
 pub mod auth;
+mod burst_log;
 pub mod cli;
 pub mod client_ip;
 pub mod close;
 pub mod config;
 pub mod connection;
+mod error_body;
+mod http_limits;
 pub mod hub;
 pub mod metrics;
 pub mod node_layer;

@@ -40,6 +40,18 @@ pub struct Metrics {
     pub auth_refusals: AtomicU64,
     /// Connections closed with 4003 because their token expired while open.
     pub tokens_expired: AtomicU64,
+    /// HTTP connections open that are not WebSockets (yet).
+    pub http_connections: AtomicI64,
+    /// HTTP connections refused at accept: over `limits.max_http_connections`.
+    pub http_refused_total: AtomicU64,
+    /// The same, over `limits.max_http_connections_per_ip`.
+    pub http_refused_per_ip: AtomicU64,
+    /// Connections accepted only to be closed because no descriptor was left (EMFILE).
+    pub accept_no_descriptors: AtomicU64,
+    /// Request bodies cut off by `limits.body_timeout` / `limits.body_min_rate` (408).
+    pub body_timeouts: AtomicU64,
+    /// Publish requests from a browser page refused on an open API (403).
+    pub publish_origin_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -61,6 +73,11 @@ impl Metrics {
                 "herald_groups",
                 "Groups with at least one member on this node.",
                 self.groups.load(Ordering::Relaxed),
+            ),
+            (
+                "herald_http_connections",
+                "Open HTTP connections that are not WebSockets (yet).",
+                self.http_connections.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in gauges {
@@ -129,6 +146,31 @@ impl Metrics {
                 "herald_tokens_expired_total",
                 "Connections closed with 4003 when their token expired.",
                 &self.tokens_expired,
+            ),
+            (
+                "herald_http_refused_total",
+                "HTTP connections answered 503 and closed: limits.max_http_connections reached.",
+                &self.http_refused_total,
+            ),
+            (
+                "herald_http_refused_per_ip_total",
+                "HTTP connections answered 429 and closed: limits.max_http_connections_per_ip reached.",
+                &self.http_refused_per_ip,
+            ),
+            (
+                "herald_accept_no_descriptors_total",
+                "Connections closed at accept because the process had no descriptor left.",
+                &self.accept_no_descriptors,
+            ),
+            (
+                "herald_body_timeouts_total",
+                "Request bodies cut off by limits.body_timeout or limits.body_min_rate (408).",
+                &self.body_timeouts,
+            ),
+            (
+                "herald_publish_origin_refused_total",
+                "Browser publishes refused on an API without a key (403).",
+                &self.publish_origin_refused,
             ),
         ];
         for (name, help, value) in counters {

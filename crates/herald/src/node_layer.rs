@@ -26,11 +26,14 @@ impl NodeLayer {
         let history = HistoryConfig {
             max_len: config.history.size,
             max_age: config.history.ttl,
+            max_bytes: config.history.max_bytes,
         };
         match config.layer.kind {
             LayerKind::Memory => {
                 let (layer, incoming) = MemoryLayer::new(MemoryLayerConfig {
                     history,
+                    max_total_bytes: config.history.max_total_bytes,
+                    max_groups: config.history.max_groups,
                     ..MemoryLayerConfig::default()
                 });
                 Ok((Self::Memory(layer), incoming))
@@ -102,7 +105,26 @@ impl NodeLayer {
     /// Counters of the backend, for `/metrics`: (name, help, value).
     pub fn stats(&self) -> Vec<(&'static str, &'static str, u64)> {
         match self {
-            Self::Memory(_) => Vec::new(),
+            Self::Memory(l) => {
+                let s = l.stats();
+                vec![
+                    (
+                        "herald_history_groups",
+                        "Groups whose position and history this node keeps (gauge).",
+                        s.groups,
+                    ),
+                    (
+                        "herald_history_bytes",
+                        "Bytes of history held: payloads plus a fixed cost per message (gauge).",
+                        s.bytes,
+                    ),
+                    (
+                        "herald_history_evicted_total",
+                        "Histories dropped whole to stay under history.max_total_bytes or history.max_groups.",
+                        s.evicted,
+                    ),
+                ]
+            }
             Self::Redis(l) => {
                 let s = l.stats();
                 vec![

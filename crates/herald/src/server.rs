@@ -24,14 +24,17 @@ use tower::ServiceExt;
 
 use crate::api::ApiKey;
 use crate::auth::Authenticator;
+use crate::burst_log::BurstLog;
 use crate::config::Config;
+use crate::error_body::JsonErrors;
+use crate::http_limits::{HttpSlot, HttpSlots, Refused, Reserve};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node_layer::NodeLayer;
 use crate::route::Route;
 use crate::socket::SharedTcp;
 use crate::subscriptions::Subscriptions;
-use crate::{api, assets, ws};
+use crate::{api, assets, http_limits, ws};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,10 @@ pub(crate) struct AppState {
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// The Django bridge, when `[django] enabled`.
     pub(crate) django: Option<herald_django::DjangoBridge>,
+    /// Log lines for request bodies cut off as too slow, one per burst.
+    pub(crate) body_timeout_log: BurstLog,
+    /// Log lines for browser publishes refused on an open API, one per burst.
+    pub(crate) origin_refused_log: BurstLog,
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -113,6 +120,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let routes = config.compiled_routes()?;
+    let open_api = config.api.key.is_none() && config.api.keys.is_empty();
+    if let Ok(local) = listener.local_addr() {
+        if open_api && !local.ip().is_loopback() {
+            tracing::warn!(
+                listen = %local,
+                "the publish API has no key and listens beyond loopback: anyone who reaches this address can publish (set api.key)"
+            );
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let cancel = CancellationToken::new();
@@ -186,8 +202,33 @@ pub async fn serve(
         auth,
         per_ip: Mutex::new(HashMap::new()),
         django: django.clone(),
+        body_timeout_log: BurstLog::default(),
+        origin_refused_log: BurstLog::default(),
     });
     let router = router(state.clone());
+    let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    let slots = Arc::new(HttpSlots::new(
+        state.config.limits.max_http_connections,
+        state.config.limits.max_http_connections_per_ip,
+        open_files,
+        state.config.limits.trusted_proxies.clone(),
+        state.metrics.clone(),
+    ));
+    if slots.max_total() < state.config.limits.max_http_connections {
+        tracing::info!(
+            cap = slots.max_total(),
+            open_files = open_files.unwrap_or(0),
+            "limits.max_http_connections lowered to half the open-files limit"
+        );
+    }
+    let mut reserve = Reserve::new();
+    // Refused connections are answered by short tasks; at most this many at once, the
+    // rest are answered without waiting (and may then see a reset).
+    let lingering = Arc::new(tokio::sync::Semaphore::new(64));
+    let refused_log = BurstLog::default();
+    let exhausted_log = BurstLog::default();
 
     tokio::pin!(shutdown);
     loop {
@@ -195,9 +236,27 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let slot = match slots.take(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refused) => {
+                            if let Some(n) = refused_log.hit() {
+                                tracing::warn!(connections = n, reason = ?refused, %peer, "HTTP connections refused at a connection cap");
+                            }
+                            match lingering.clone().try_acquire_owned() {
+                                Ok(permit) => {
+                                    connections.spawn(async move {
+                                        http_limits::refuse(stream, refused.answer()).await;
+                                        drop(permit);
+                                    });
+                                }
+                                Err(_) => http_limits::refuse_now(&stream, &refused.answer()),
+                            }
+                            continue;
+                        }
+                    };
                     // Small frames must leave at once; Nagle would hold them back.
                     let _ = stream.set_nodelay(true);
-                    let mut conn = HttpConn { peer, router: router.clone(), cancel: cancel.clone(), handshake_timeout, drain, direct: None };
+                    let mut conn = HttpConn { peer, router: router.clone(), cancel: cancel.clone(), handshake_timeout, drain, direct: None, slot };
                     match &tls {
                         // The TLS handshake runs inside the connection's task, so a slow
                         // one never holds up the accept loop.
@@ -209,11 +268,30 @@ pub async fn serve(
                         }
                     };
                 }
+                Err(e) if Reserve::is_exhaustion(&e) => {
+                    Metrics::add(&state.metrics.accept_no_descriptors, 1);
+                    if let Some(n) = exhausted_log.hit() {
+                        tracing::warn!(connections = n, error = %e, "out of file descriptors: answering new connections 503 and closing them");
+                    }
+                    // With the reserved descriptor freed, the waiting connection can be
+                    // taken off the queue, told why and closed; then the reserve is
+                    // taken back. Without a reserve, wait for descriptors to free up.
+                    if reserve.release() {
+                        let waiting = tokio::time::timeout(Duration::from_millis(100), listener.accept());
+                        if let Ok(Ok((stream, _))) = waiting.await {
+                            http_limits::refuse_now(&stream, &Refused::NoDescriptors.answer());
+                        }
+                        reserve.refill();
+                    } else {
+                        reserve.refill();
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
                 Err(e) => {
-                    // Usually EMFILE: back off briefly instead of spinning; the error is
-                    // about this accept, not the listener.
+                    // Another per-connection failure (e.g. the peer reset before accept):
+                    // back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
         }
@@ -260,6 +338,8 @@ struct HttpConn {
     drain: Duration,
     /// The plain TCP socket, for the hub's direct writes (none under TLS).
     direct: Option<DirectSocket>,
+    /// Its place under the HTTP connection caps, held until it ends or upgrades.
+    slot: HttpSlot,
 }
 
 impl HttpConn {
@@ -298,6 +378,7 @@ impl HttpConn {
             handshake_timeout,
             drain,
             direct,
+            slot,
         } = self;
         let service = hyper::service::service_fn(move |mut req: Request<HyperBody>| {
             req.extensions_mut().insert(PeerAddr(peer));
@@ -305,8 +386,18 @@ impl HttpConn {
                 req.extensions_mut().insert(direct.clone());
             }
             let too_large = head_too_large(&req);
+            let bad_host = !has_one_host(&req);
             let router = router.clone();
             async move {
+                if bad_host {
+                    return Ok(crate::api::ApiError::new(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        "bad_host",
+                        "an HTTP/1.1 request needs exactly one Host header",
+                    )
+                    .closing()
+                    .into_response());
+                }
                 if too_large {
                     return Ok(crate::api::ApiError::new(
                         axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -321,9 +412,12 @@ impl HttpConn {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(handshake_timeout)
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(JsonErrors::new(io)), service)
             .with_upgrades();
         tokio::pin!(conn);
+        // The slot is given back when the connection ends or becomes a WebSocket (the
+        // connection future then resolves and the socket lives on in its own task).
+        let _slot = slot;
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -342,6 +436,17 @@ impl HttpConn {
 /// read buffer (~400 KB) with 431, but one that arrives in a single large read can slip
 /// through; this makes the limit exact and much lower.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` header (HTTP/1.0 may
+/// have none). Two could route one request two ways behind a proxy.
+fn has_one_host<B>(req: &Request<B>) -> bool {
+    let hosts = req
+        .headers()
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .count();
+    hosts == 1 || (hosts == 0 && req.version() < axum::http::Version::HTTP_11)
+}
 
 fn head_too_large<B>(req: &Request<B>) -> bool {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());

@@ -59,6 +59,17 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
             .into_response();
         }
     };
+    if req.version() != axum::http::Version::HTTP_11 {
+        // RFC 6455 §4.1: the opening handshake is HTTP/1.1. An HTTP/1.0 client (or proxy)
+        // could not keep the connection open after a 101.
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "WebSocket upgrades need HTTP/1.1",
+        )
+        .closing()
+        .into_response();
+    }
     let accept = match check_upgrade(req.headers()) {
         Ok(accept) => accept,
         Err(e) => {

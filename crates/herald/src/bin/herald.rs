@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use herald::Config;
+use herald::config::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,7 +77,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +87,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_tracing(LogFormat::Text);
+    }
     match cli.command {
         Command::Serve { config, listen } => runtime.block_on(serve(config, listen)),
         Command::Token {
@@ -108,13 +111,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr: text (coloured only on a terminal, and never with `NO_COLOR` set) or
+/// one JSON object per line for log pipelines (`[log] format = "json"`).
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("herald=info,warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 async fn serve(file: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> ExitCode {
@@ -128,6 +140,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> E
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    init_tracing(config.log.format);
     raise_open_files_limit();
     let listener = match bind(config.listen) {
         Ok(l) => l,
