@@ -35,7 +35,9 @@ impl<I> JsonErrors<I> {
 
 /// The JSON answer replacing `head`, when `head` is an error status with no body.
 fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
-    let rest = head.strip_prefix(b"HTTP/1.1 ")?;
+    let rest = head
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| head.strip_prefix(b"HTTP/1.0 "))?;
     if !matches!(rest.first(), Some(b'4' | b'5')) {
         return None;
     }
@@ -53,6 +55,7 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
         .and_then(|code| StatusCode::from_u16(code).ok())?;
     let (code, message) = match status.as_u16() {
         400 => ("bad_request", "the request is not valid HTTP/1.1"),
+        405 => ("method_not_allowed", "this path does not take this method"),
         408 => ("request_timeout", "the request head did not arrive in time"),
         413 => ("payload_too_large", "the request is too large"),
         414 => (
@@ -107,7 +110,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for JsonErrors<I> {
         if this.pending.is_some() {
             return this.poll_pending(cx);
         }
-        if !this.upgraded && buf.starts_with(b"HTTP/1.1 ") {
+        if !this.upgraded && buf.starts_with(b"HTTP/1.") {
             if buf.starts_with(b"HTTP/1.1 101 ") {
                 this.upgraded = true;
             } else if let Some(answer) = rewrite(buf) {
@@ -125,7 +128,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for JsonErrors<I> {
     ) -> Poll<std::io::Result<usize>> {
         let first = bufs.iter().find(|b| !b.is_empty());
         let inspect = self.pending.is_some()
-            || (!self.upgraded && first.is_some_and(|b| b.starts_with(b"HTTP/1.1 ")));
+            || (!self.upgraded && first.is_some_and(|b| b.starts_with(b"HTTP/1.")));
         match (inspect, first) {
             // A head goes through the checks alone; hyper writes the rest next.
             (true, Some(first)) => self.poll_write(cx, first),

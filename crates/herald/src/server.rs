@@ -326,6 +326,13 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/", get(assets::index))
         .route("/herald.js", get(assets::client_js))
         .fallback(ws::gateway)
+        .method_not_allowed_fallback(|| async {
+            crate::api::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take this method",
+            )
+        })
         .with_state(state)
 }
 

@@ -278,3 +278,144 @@ fn publish_bodies_always_get_an_answer() {
         .unwrap();
     runtime.block_on(server.stop());
 }
+
+/// Request heads of any shape go through the real server: each gets a status line (an
+/// error status with a JSON body) or, for what is not HTTP/1.1 at all, a closed
+/// connection; and the server keeps serving after every one.
+#[test]
+fn request_heads_of_any_shape_get_an_answer() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut config = herald::Config::default();
+    config.limits.handshake_timeout = Duration::from_secs(1);
+    config.limits.body_timeout = Duration::from_secs(1);
+    let server = runtime.block_on(support::TestServer::with_config(config));
+    let addr = server.addr;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 150,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let method = prop_oneof![
+        Just("GET".to_string()),
+        Just("POST".to_string()),
+        Just("OPTIONS".to_string()),
+        "[A-Z]{1,10}",
+        "\\PC{0,8}",
+    ];
+    let target = prop_oneof![
+        Just("/message/1/stream/".to_string()),
+        Just("/api/publish".to_string()),
+        Just("/healthz".to_string()),
+        request_path(),
+        "[ -~]{0,300}",
+    ];
+    let version = prop_oneof![
+        Just("HTTP/1.1".to_string()),
+        Just("HTTP/1.0".to_string()),
+        "HTTP/[0-9]\\.[0-9]",
+        "[ -~]{0,10}",
+    ];
+    let header = prop_oneof![
+        Just("Upgrade: websocket".to_string()),
+        Just("Connection: Upgrade".to_string()),
+        Just("Sec-WebSocket-Version: 13".to_string()),
+        Just("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==".to_string()),
+        Just("Host: x".to_string()),
+        Just("Transfer-Encoding: chunked".to_string()),
+        "Content-Length: [0-9-]{0,6}",
+        "[A-Za-z-]{1,12}: [ -~]{0,40}",
+        "[ -~]{0,40}",
+    ];
+    let head = (
+        method,
+        target,
+        version,
+        prop::collection::vec(header, 0..12),
+        prop::collection::vec(any::<u8>(), 0..64),
+    );
+    runner
+        .run(&head, |(method, target, version, headers, body)| {
+            let mut request = format!("{method} {target} {version}\r\n");
+            for h in &headers {
+                request.push_str(h);
+                request.push_str("\r\n");
+            }
+            request.push_str("Connection: close\r\n\r\n");
+            let mut bytes = request.into_bytes();
+            bytes.extend_from_slice(&body);
+            let (status, text) = runtime.block_on(support::raw_http(addr, &bytes));
+            prop_assert!(
+                status == 0 || (100..600).contains(&status),
+                "status {} for {:?}",
+                status,
+                String::from_utf8_lossy(&bytes)
+            );
+            if status >= 400 {
+                let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                prop_assert!(
+                    error["error"].is_string(),
+                    "status {} without a JSON error body ({:?}) for {:?}",
+                    status,
+                    text,
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+            let health = runtime.block_on(support::get_status(addr, "/healthz"));
+            prop_assert_eq!(health, 200);
+            Ok(())
+        })
+        .unwrap();
+    runtime.block_on(server.stop());
+}
+
+/// `hello` frames of any shape through the real server: a `welcome` or a close with
+/// 4500 (never a crash, a hang or another code), and the server keeps serving.
+#[test]
+fn hellos_of_any_shape_get_a_welcome_or_4500() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(support::TestServer::start());
+    let url = server.ws_url("/message/1/stream/");
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 100,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let hello = prop_oneof![
+        "\\PC{0,200}",
+        json_value().prop_map(|v| v.to_string()),
+        json_value().prop_map(|v| json!({"t": "hello", "v": 1, "streams": v}).to_string()),
+        json_value().prop_map(|v| json!({"t": "hello", "v": v, "streams": {}}).to_string()),
+        (json_value(), "[a-z.0-9]{1,20}")
+            .prop_map(|(v, g)| { json!({"t": "hello", "v": 1, "streams": {g: v}}).to_string() }),
+    ];
+    runner
+        .run(&hello, |hello| {
+            let outcome = runtime.block_on(async {
+                let mut ws = support::WsClient::connect_with(&url, &["herald.v1"])
+                    .await
+                    .expect("connect");
+                ws.send_text(&hello).await.expect("send hello");
+                match ws.recv_within(Duration::from_secs(5)).await {
+                    Ok(Some(support::Received::Text(t))) => {
+                        let header = t.lines().next().unwrap_or("");
+                        let header: Value = serde_json::from_str(header).unwrap_or(Value::Null);
+                        if header["t"] == "welcome" {
+                            Ok(())
+                        } else {
+                            Err(format!("unexpected first frame {t:?}"))
+                        }
+                    }
+                    Ok(Some(support::Received::Closed(4500))) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            });
+            prop_assert!(outcome.is_ok(), "{:?} for hello {:?}", outcome, hello);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        runtime.block_on(support::get_status(server.addr, "/healthz")),
+        200
+    );
+    runtime.block_on(server.stop());
+}
