@@ -1,7 +1,7 @@
 //! The HTTP API: `POST /api/publish`, `/healthz`, `/readyz`, `/metrics`, and `ApiError`,
 //! the JSON error body every failure answers with.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
+use crate::metrics::{self, Family, Metrics};
 use crate::server::AppState;
 
 /// An API failure: status plus `{"error": code, "message": text}`.
@@ -91,16 +91,19 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut families = state.metrics.families();
+    families.extend(
+        extra_metrics(&state)
+            .into_iter()
+            .map(|(name, help, v)| Family::single(name, help, metrics::value(v))),
+    );
+    families.extend(key_metrics(&state));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        {
-            let mut text = state.metrics.render(&extra_metrics(&state));
-            render_key_metrics(&state, &mut text);
-            text
-        },
+        metrics::render(families),
     )
         .into_response()
 }
@@ -728,33 +731,36 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|key| !key.is_empty())
 }
 
-/// Appends `herald_publish_requests_total{key="<name>"}` (no label on an open API) and
+/// `herald_publish_requests_total{key="<name>"}` (no label on an open API) and
 /// `herald_publish_unauthorized_total`.
-fn render_key_metrics(state: &AppState, out: &mut String) {
-    let name = "herald_publish_requests_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Publish requests authorized, by API key name.\n# TYPE {name} counter"
-    );
-    if state.api_keys.is_empty() {
+fn key_metrics(state: &AppState) -> [Family; 2] {
+    let samples = if state.api_keys.is_empty() {
         let n = state.open_publish_requests.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name} {n}");
-    }
-    for key in &state.api_keys {
-        let n = key.requests.load(Ordering::Relaxed);
-        let label = key
-            .name
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = writeln!(out, "{name}{{key=\"{label}\"}} {n}");
-    }
-    let name = "herald_publish_unauthorized_total";
-    let n = state.unauthorized_publishes.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP {name} Publish requests refused with 401.\n# TYPE {name} counter\n{name} {n}"
-    );
+        vec![(Vec::new(), metrics::value(n))]
+    } else {
+        state
+            .api_keys
+            .iter()
+            .map(|key| {
+                let n = key.requests.load(Ordering::Relaxed);
+                let label = (Cow::Borrowed("key"), Cow::Owned(key.name.clone()));
+                (vec![label], metrics::value(n))
+            })
+            .collect()
+    };
+    [
+        Family {
+            name: "herald_publish_requests_total",
+            help: "Publish requests authorized, by API key name.",
+            kind: metrics::Kind::Counter,
+            samples,
+        },
+        Family::single(
+            "herald_publish_unauthorized_total",
+            "Publish requests refused with 401.",
+            metrics::value(state.unauthorized_publishes.load(Ordering::Relaxed)),
+        ),
+    ]
 }
 
 /// Equality whose duration depends only on the lengths, not on where the bytes differ.

@@ -1,12 +1,105 @@
-//! `Metrics`: the server's counters and gauges, rendered as Prometheus text at `/metrics`.
+//! `Metrics`: the server's counters and gauges, and the one place that turns them (and the
+//! layer's, the Django bridge's and the API keys' figures) into `/metrics` text.
 //!
-//! Written by hand rather than through a global `metrics` recorder: the set is fixed at
-//! compile time, the hot path needs one relaxed atomic add per message, and each server
-//! instance must report only its own figures (tests run several servers in one process,
-//! which a process-global recorder would mix).
+//! The hot path adds to plain relaxed atomics owned by each server instance (tests run
+//! several servers in one process, which a process-global recorder would mix). A scrape
+//! reads them into [`Family`] values, and prometheus-client's encoder writes the text.
 
-use std::fmt::Write;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// A label pair of a sample.
+pub type Label = (Cow<'static, str>, Cow<'static, str>);
+
+/// One metric and its samples, as read at a scrape.
+#[derive(Clone, Debug)]
+pub struct Family {
+    /// The metric's name; a counter's ends with `_total`.
+    pub name: &'static str,
+    /// Its `# HELP` text.
+    pub help: &'static str,
+    /// Counter (monotonic) or gauge.
+    pub kind: Kind,
+    /// (labels, value) per sample; one unlabelled sample for plain metrics.
+    pub samples: Vec<(Vec<Label>, i64)>,
+}
+
+/// The type of a [`Family`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+impl Family {
+    /// A metric with one unlabelled sample; the kind follows the name (`_total`: counter).
+    pub fn single(name: &'static str, help: &'static str, value: i64) -> Self {
+        let kind = if name.ends_with("_total") {
+            Kind::Counter
+        } else {
+            Kind::Gauge
+        };
+        Self {
+            name,
+            help,
+            kind,
+            samples: vec![(Vec::new(), value)],
+        }
+    }
+}
+
+/// The families of one scrape, encoded by prometheus-client.
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in &self.0 {
+            let (name, metric_type) = match family.kind {
+                // The encoder appends `_total` to counters itself.
+                Kind::Counter => (
+                    family.name.strip_suffix("_total").unwrap_or(family.name),
+                    prometheus_client::metrics::MetricType::Counter,
+                ),
+                Kind::Gauge => (family.name, prometheus_client::metrics::MetricType::Gauge),
+            };
+            let mut metric = encoder.encode_descriptor(name, family.help, None, metric_type)?;
+            for (labels, value) in &family.samples {
+                let sample = metric.encode_family(labels)?;
+                match family.kind {
+                    Kind::Counter => {
+                        ConstCounter::new(u64::try_from(*value).unwrap_or(0)).encode(sample)?
+                    }
+                    Kind::Gauge => ConstGauge::new(*value).encode(sample)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renders `families` in the Prometheus text exposition format (0.0.4).
+pub fn render(families: Vec<Family>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(families)));
+    let mut out = String::with_capacity(4096);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+/// Converts a counter or gauge value for a [`Family`] (saturating).
+pub fn value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 /// Counters are monotonic; gauges go up and down. All use `Relaxed` ordering: each value
 /// is read on its own, nothing is synchronised through them.
@@ -60,9 +153,8 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Renders every metric in the Prometheus text exposition format.
-    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
-        let mut out = String::with_capacity(2048);
+    /// This server's own metrics, read now.
+    pub fn families(&self) -> Vec<Family> {
         let gauges = [
             (
                 "herald_connections",
@@ -80,12 +172,6 @@ impl Metrics {
                 self.http_connections.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
         let counters = [
             (
                 "herald_connections_total",
@@ -173,24 +259,13 @@ impl Metrics {
                 &self.publish_origin_refused,
             ),
         ];
-        for (name, help, value) in counters {
-            let value = value.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        for (name, help, value) in extra {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        out
+        let mut families: Vec<Family> = gauges
+            .into_iter()
+            .map(|(name, help, value)| Family::single(name, help, value))
+            .collect();
+        families.extend(counters.into_iter().map(|(name, help, counter)| {
+            Family::single(name, help, value(counter.load(Ordering::Relaxed)))
+        }));
+        families
     }
 }
