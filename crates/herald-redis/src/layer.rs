@@ -131,7 +131,11 @@ impl RedisLayer {
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
         let shared = Arc::new(Shared {
             keys: Keys::new(&config.prefix),
-            limits: Limits::new(config.history.max_age, config.history.max_len),
+            limits: Limits::new(
+                config.history.max_age,
+                config.history.max_len,
+                config.history.max_bytes,
+            ),
             client,
             tx,
             wanted: Mutex::default(),

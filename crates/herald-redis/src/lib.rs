@@ -8,7 +8,7 @@
 //!
 //! - **Publish** is one round trip: a Lua script (`EVALSHA`) creates the group's epoch if
 //!   it has none, increments its offset, appends the message to its history stream
-//!   (trimmed to `history.max_len`), refreshes the TTL of the group's keys to
+//!   (trimmed to `history.max_len` entries and `history.max_bytes` bytes), refreshes the TTL of the group's keys to
 //!   `history.max_age`, and `PUBLISH`es an envelope on the group's channel.
 //! - **History** is one atomic script call too, so the current position and the messages
 //!   come from one instant. Messages older than `history.max_age` are not part of it.
@@ -34,8 +34,8 @@
 //!
 //! | name | type | content | TTL |
 //! |---|---|---|---|
-//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message | `history.max_age`, refreshed by each publish; set when `history` creates the epoch |
-//! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries | `history.max_age`, refreshed by each publish |
+//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry) | `history.max_age`, refreshed by each publish; set when `history` creates the epoch |
+//! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | `history.max_age`, refreshed by each publish |
 //! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
 //!
 //! With the defaults, group `user.42` uses `herald:{user.42}:meta`,

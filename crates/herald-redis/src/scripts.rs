@@ -20,22 +20,30 @@ use crate::envelope;
 use crate::keys::Keys;
 
 /// Publishes a batch of messages: for each, creates the group's epoch if it has none,
-/// takes the next offset, appends to the history stream, refreshes the expiry of the
-/// group's keys and PUBLISHes the envelope.
+/// takes the next offset, appends to the history stream (trimming the oldest entries past
+/// `max_len` entries or `max_bytes` bytes), refreshes the expiry of the group's keys and
+/// PUBLISHes the envelope.
+///
+/// The stream's size in bytes (payloads plus `overhead` per entry) is kept in the meta
+/// hash's `b` field. A payload larger than `max_bytes` is not kept, and the entries before
+/// it go too: a history cannot be continued past a message it lacks.
 ///
 /// KEYS: for message i, `meta` at 2i-1 and `stream` at 2i.
-/// ARGV: ttl ms, max_len, candidate epoch, then for message i: channel, kind, payload.
+/// ARGV: ttl ms, max_len, candidate epoch, max_bytes, overhead, then for message i:
+/// channel, kind, payload.
 /// Returns: offset and epoch of each message, flattened.
 const PUBLISH_LUA: &str = r#"
 local ttl = tonumber(ARGV[1])
 local max_len = tonumber(ARGV[2])
 local candidate = ARGV[3]
+local max_bytes = tonumber(ARGV[4])
+local overhead = tonumber(ARGV[5])
 local now = redis.call('TIME')
 local now_ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
 local out = {}
 for i = 1, #KEYS / 2 do
   local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 4 + (i - 1) * 3
+  local a = 6 + (i - 1) * 3
   local channel, kind, data = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if redis.call('HSETNX', meta, 'e', candidate) == 1 then
     -- A new history begins: entries left over from a lost one must not mix in.
@@ -43,10 +51,27 @@ for i = 1, #KEYS / 2 do
   end
   local epoch = redis.call('HGET', meta, 'e')
   local offset = redis.call('HINCRBY', meta, 'o', 1)
-  if max_len > 0 then
-    redis.call('XADD', stream, 'MAXLEN', max_len, string.format('%d-0', offset),
+  local cost = #data + overhead
+  if max_len > 0 and cost <= max_bytes then
+    redis.call('XADD', stream, string.format('%d-0', offset),
       'k', kind, 'd', data, 't', now_ms)
+    local bytes = redis.call('HINCRBY', meta, 'b', cost)
+    local len = redis.call('XLEN', stream)
+    while len > max_len or bytes > max_bytes do
+      local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+      if oldest == nil then break end
+      local fields, size = oldest[2], 0
+      for j = 1, #fields, 2 do
+        if fields[j] == 'd' then size = #fields[j + 1] end
+      end
+      redis.call('XDEL', stream, oldest[1])
+      bytes = redis.call('HINCRBY', meta, 'b', -(size + overhead))
+      len = len - 1
+    end
     redis.call('PEXPIRE', stream, ttl)
+  else
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'b', 0)
   end
   redis.call('PEXPIRE', meta, ttl)
   redis.call('PUBLISH', channel,
@@ -125,10 +150,11 @@ pub(crate) struct BadReply(&'static str);
 pub(crate) struct Limits {
     pub(crate) max_age_ms: u64,
     pub(crate) max_len: usize,
+    pub(crate) max_bytes: usize,
 }
 
 impl Limits {
-    pub(crate) fn new(max_age: Duration, max_len: usize) -> Self {
+    pub(crate) fn new(max_age: Duration, max_len: usize, max_bytes: usize) -> Self {
         // At least 1 ms: PEXPIRE 0 would delete the keys on the spot.
         let max_age_ms = u64::try_from(max_age.as_millis())
             .unwrap_or(u64::MAX)
@@ -136,6 +162,7 @@ impl Limits {
         Self {
             max_age_ms,
             max_len,
+            max_bytes,
         }
     }
 }
@@ -155,7 +182,9 @@ where
     invocation
         .arg(limits.max_age_ms)
         .arg(limits.max_len)
-        .arg(candidate.as_str());
+        .arg(candidate.as_str())
+        .arg(limits.max_bytes)
+        .arg(herald_core::HISTORY_ENTRY_OVERHEAD);
     for (group, payload) in items {
         invocation
             .key(keys.meta(group))

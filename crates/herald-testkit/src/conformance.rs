@@ -91,6 +91,13 @@ where
     )
     .await;
     run_case(&make, &run_id, "history_from_current", history_from_current).await;
+    run_case(
+        &make,
+        &run_id,
+        "history_trimmed_by_bytes",
+        history_trimmed_by_bytes,
+    )
+    .await;
     run_case(&make, &run_id, "history_wrong_epoch", history_wrong_epoch).await;
     run_case(&make, &run_id, "history_trimmed", history_trimmed).await;
     run_case(&make, &run_id, "history_ahead", history_ahead).await;
@@ -448,6 +455,33 @@ async fn history_trimmed<L: Layer>(t: Ctx<L>) {
     assert!(h.recovered, "the rest is still kept");
     let offsets: Vec<u64> = h.messages.iter().map(|m| m.offset).collect();
     assert_eq!(offsets, (total - kept + 1..=total).collect::<Vec<_>>());
+}
+
+/// `SUITE_HISTORY.max_bytes` (1 MiB) holds three 300 kB messages, not four; a message
+/// larger than the bound is not kept, and the history cannot be continued past it.
+async fn history_trimmed_by_bytes<L: Layer>(t: Ctx<L>) {
+    let g = t.group("g");
+    let mut positions = Vec::new();
+    for i in 0..5u8 {
+        positions.push(t.publish(&g, Payload::binary(vec![i; 300_000])).await);
+    }
+    let h = t.history(&g, Some(&positions[0])).await;
+    assert!(!h.recovered, "offset 2 was trimmed by the byte bound");
+    let h = t.history(&g, Some(&positions[1])).await;
+    assert!(h.recovered, "offsets 3..5 are kept");
+    let offsets: Vec<u64> = h.messages.iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, vec![3, 4, 5]);
+    assert_eq!(h.messages[2].payload.data().len(), 300_000);
+    let big = t.publish(&g, Payload::binary(vec![9u8; 1_100_000])).await;
+    let h = t.history(&g, Some(&positions[4])).await;
+    assert!(!h.recovered, "the large message was not kept");
+    let h = t.history(&g, Some(&big)).await;
+    assert!(h.recovered, "nothing missed after it");
+    let after = t.publish(&g, Payload::text("small")).await;
+    let h = t.history(&g, Some(&big)).await;
+    assert!(h.recovered);
+    assert_eq!(h.messages.len(), 1);
+    assert_eq!(h.messages[0].offset, after.offset);
 }
 
 async fn history_ahead<L: Layer>(t: Ctx<L>) {
