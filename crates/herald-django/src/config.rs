@@ -1,13 +1,13 @@
 //! `DjangoConfig`: the `[django]` section of herald's configuration, mirroring the Django
 //! side's `CHANNEL_LAYERS["default"]["CONFIG"]`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::group_map::{GroupMap, GroupMapRule};
 
 /// Which channels_redis layer the Django project uses (`CHANNEL_LAYERS` `BACKEND`). The two
 /// are not interoperable: pick the one Django names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// `channels_redis.core.RedisChannelLayer` (sorted sets; the Channels default).
@@ -20,7 +20,7 @@ pub enum Backend {
 /// A `channel_capacity` entry: channels whose full name matches `pattern` (a glob where `*`
 /// matches any run of characters and `?` one character, matched against the whole name)
 /// hold at most `capacity` messages per Redis key.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CapacityRule {
     /// Glob over full channel names, e.g. `"specific.*"`.
@@ -40,7 +40,7 @@ pub struct CapacityRule {
 /// hosts = ["redis://127.0.0.1:6379"]    # same list, same order as Django's
 /// group_map = [{ herald = "user.{id}", channels = "user_{id}" }]
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DjangoConfig {
     /// Whether the server starts the bridge at all. Default `false`.

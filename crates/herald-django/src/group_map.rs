@@ -15,7 +15,7 @@ use herald_core::group::is_name_byte;
 use serde::Deserialize;
 
 /// One mapping rule; see the module docs.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupMapRule {
     /// Template over herald group names, e.g. `"user.{id}"`.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::client_ip::IpNet;
 use crate::route::{Route, RouteError};
@@ -38,7 +38,7 @@ impl ConfigError {
 
 /// Everything `herald serve` needs. `Config::default()` is the seed's setup: the memory
 /// layer, the route `/message/{user_id}/stream/` joining `user.{user_id}`, on 127.0.0.1:8000.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:8000`; port 0 picks a free port.
@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// `[log]`.
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` (default; coloured only when stderr is a terminal) or `json` (one object
@@ -77,7 +77,7 @@ pub struct LogConfig {
 }
 
 /// A log line format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -107,7 +107,7 @@ impl Default for Config {
 }
 
 /// One `[[routes]]` entry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Path pattern; `{name}` matches one segment of `[A-Za-z0-9._-]+`.
@@ -141,7 +141,7 @@ impl RouteConfig {
 }
 
 /// How a route authenticates connections.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Anyone may connect (the seed's behaviour).
@@ -152,7 +152,7 @@ pub enum AuthMode {
 }
 
 /// `[layer]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LayerConfig {
     /// `memory` (default, one process) or `redis` (several nodes).
@@ -174,7 +174,7 @@ impl Default for LayerConfig {
 }
 
 /// Which layer backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LayerKind {
     /// In-process; one node.
@@ -184,13 +184,13 @@ pub enum LayerKind {
 }
 
 /// `[history]`.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistorySection {
     /// Messages kept per group. Default 1000.
     pub size: usize,
     /// How long messages (and an idle group's epoch) are kept. Default `24h`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub ttl: Duration,
     /// Bytes of history kept per group: payloads plus about 128 bytes per message; the
     /// oldest are trimmed past it, and a larger message is delivered but not kept.
@@ -221,7 +221,7 @@ impl Default for HistorySection {
 }
 
 /// `[api]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Bearer key required by `POST /api/publish`. Default: none (open API; bind to
@@ -237,7 +237,7 @@ pub struct ApiConfig {
 }
 
 /// `[limits]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// WebSocket connections held at once; past it new ones are closed with 1013.
@@ -259,7 +259,7 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Time allowed for the TLS handshake, and again for each HTTP request head (and, in
     /// `herald.v1`, for the `hello`); a slower client is disconnected. Default `10s`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub handshake_timeout: Duration,
     /// WebSocket connections held at once from one client IP (IPv6: one /64); past it new
     /// ones are closed with 1013. Default 1000.
@@ -280,7 +280,7 @@ pub struct Limits {
     pub max_http_connections_per_ip: usize,
     /// Time allowed for a whole request body; a slower one is answered 408 and its
     /// connection closed. Default `10s`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub body_timeout: Duration,
     /// Slowest average a request body may arrive at, in bytes per second, once it has
     /// had 2 s; 0 turns the check off. Default 1024.
@@ -314,7 +314,7 @@ impl Default for Limits {
 pub const MAX_GROUPS_PER_CONNECTION: usize = 255;
 
 /// `[auth]`: how connection tokens are verified.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The HS256 secret tokens are signed with (at least 32 bytes).
@@ -325,7 +325,7 @@ pub struct AuthConfig {
     /// A file holding secrets, one per non-empty line (keeps them out of the config).
     pub secret_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp` and `nbf`. Default `0s`; at most `1h`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub leeway: Duration,
 }
 
@@ -382,7 +382,7 @@ impl AuthConfig {
 }
 
 /// `[tls]`: both or neither.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file with the certificate chain, leaf first.
@@ -399,14 +399,14 @@ impl TlsConfig {
 }
 
 /// `[heartbeat]`.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Heartbeat {
     /// How often idle connections are pinged. Default `25s`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub interval: Duration,
     /// How long past a ping a silent peer is kept before it is dropped. Default `10s`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub timeout: Duration,
 }
 
@@ -420,15 +420,15 @@ impl Default for Heartbeat {
 }
 
 /// `[shutdown]`.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// How long connections and requests get to finish after SIGTERM. Default `10s`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub drain_timeout: Duration,
     /// Window over which `herald.v1` clients spread their reconnects after a `goaway`.
     /// Default `10s`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub goaway_window: Duration,
 }
 
@@ -441,11 +441,68 @@ impl Default for ShutdownConfig {
     }
 }
 
+fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!("{e} (expected e.g. \"10s\", \"500ms\", \"1h\")"))
     })
+}
+
+/// `herald config default`: every key at its default, commented.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+
+/// Keys whose values are secrets, wherever they appear.
+const SECRET_KEYS: &[&str] = &[
+    "key",
+    "keys",
+    "secret",
+    "secrets",
+    "symmetric_encryption_keys",
+];
+
+/// Replaces secrets in a rendered configuration (see [`Config::to_redacted_toml`]).
+fn redact(value: &mut toml::Value, key: &str) {
+    match value {
+        toml::Value::Table(table) if SECRET_KEYS.contains(&key) => {
+            // A table of secrets (`[api.keys]`): names stay, values go.
+            for (_, v) in table.iter_mut() {
+                *v = toml::Value::String("<redacted>".into());
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                redact(v, k);
+            }
+        }
+        toml::Value::Array(items) if SECRET_KEYS.contains(&key) => {
+            for item in items {
+                *item = toml::Value::String("<redacted>".into());
+            }
+        }
+        toml::Value::Array(items) => {
+            for item in items {
+                redact(item, key);
+            }
+        }
+        toml::Value::String(text) if SECRET_KEYS.contains(&key) => {
+            *text = "<redacted>".into();
+        }
+        toml::Value::String(text) => {
+            // redis://user:password@host → redis://user:<redacted>@host
+            if let Some((scheme, rest)) = text.split_once("://") {
+                if let Some((userinfo, host)) = rest.split_once('@') {
+                    if let Some((user, _)) = userinfo.split_once(':') {
+                        *text = format!("{scheme}://{user}:<redacted>@{host}");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Sections whose keys may be set from `HERALD_<SECTION>_<KEY>`.
@@ -617,6 +674,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The configuration as TOML, every key included (defaults too), with secrets shown
+    /// as `"<redacted>"` and passwords in URLs replaced: what `herald config check` prints.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut value = toml::Value::try_from(self)
+            .map_err(|e| ConfigError::new("config", format!("cannot render: {e}")))?;
+        redact(&mut value, "");
+        toml::to_string(&value)
+            .map_err(|e| ConfigError::new("config", format!("cannot render: {e}")))
     }
 
     /// The compiled routes (validated by [`Config::validate`]).
@@ -858,6 +925,66 @@ mod tests {
             let c = Config::load(None, [("HERALD_LIMITS_MAX_BATCH".to_string(), n.to_string())]).unwrap();
             proptest::prop_assert_eq!(c.limits.max_batch, n);
         }
+    }
+
+    /// Every key of `table`, as dotted paths (array elements are not descended into).
+    fn key_paths(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let path = format!("{prefix}{k}");
+            if let toml::Value::Table(inner) = v {
+                key_paths(inner, &format!("{path}."), out);
+            }
+            out.push(path);
+        }
+    }
+
+    #[test]
+    fn the_default_config_text_is_the_default_with_every_key() {
+        let text = DEFAULT_CONFIG_TOML;
+        let loaded = load(text, &[]).unwrap();
+        assert_eq!(
+            loaded.to_redacted_toml().unwrap(),
+            Config::default().to_redacted_toml().unwrap(),
+            "config/default.toml says what Config::default() is"
+        );
+        let rendered: toml::Table = Config::default()
+            .to_redacted_toml()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let written: toml::Table = text.parse().unwrap();
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        key_paths(&rendered, "", &mut want);
+        key_paths(&written, "", &mut have);
+        let missing: Vec<_> = want.iter().filter(|k| !have.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from config/default.toml: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_rendered_config_hides_secrets() {
+        let secret = "s".repeat(40);
+        let c = load(
+            &format!(
+                "[api]\nkey = \"api-key-1\"\n[api.keys]\nops = \"api-key-2\"\n[auth]\nsecret = \"{secret}\"\n\
+                 [layer]\nkind = \"redis\"\nurl = \"redis://user:hunter2@10.0.0.5:6379/0\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let text = c.to_redacted_toml().unwrap();
+        for hidden in ["api-key-1", "api-key-2", secret.as_str(), "hunter2"] {
+            assert!(!text.contains(hidden), "{hidden} leaked:\n{text}");
+        }
+        assert!(
+            text.contains("redis://user:<redacted>@10.0.0.5:6379/0"),
+            "{text}"
+        );
+        assert!(text.contains("max_connections = 100000"));
+        // What is printed loads back (secrets aside) to the same configuration.
+        assert!(text.parse::<toml::Table>().is_ok());
     }
 
     #[test]

@@ -233,3 +233,105 @@ fn help_is_useful() {
         "{help}"
     );
 }
+
+#[test]
+fn version_names_the_crate_version_and_the_git_revision() {
+    let out = Command::new(herald_bin())
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected_revision = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert!(
+        text.starts_with(&format!("herald {} (", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    if let Some(revision) = expected_revision {
+        // Built from this checkout (the test command builds before it tests).
+        assert!(text.contains(&revision[..7]), "{text} vs {revision}");
+    }
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_without_secrets() {
+    let dir = std::env::temp_dir().join(format!("herald-check-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("herald.toml");
+    std::fs::write(
+        &file,
+        "[api]\nkey = \"file-secret-key\"\n[limits]\nmax_batch = 7\n",
+    )
+    .expect("write");
+    let out = Command::new(herald_bin())
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env("HERALD_LIMITS_MAX_CONNECTIONS", "123")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_batch = 7"), "the file: {text}");
+    assert!(
+        text.contains("max_connections = 123"),
+        "the environment: {text}"
+    );
+    assert!(text.contains("heartbeat"), "the defaults: {text}");
+    assert!(
+        !text.contains("file-secret-key"),
+        "secrets are redacted: {text}"
+    );
+    assert!(text.contains("<redacted>"));
+    // An invalid configuration: exit 2 and the key.
+    std::fs::write(&file, "[limits]\nmax_batch = 0\n").expect("write");
+    let out = Command::new(herald_bin())
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_batch"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn config_default_is_a_complete_loadable_configuration() {
+    let out = Command::new(herald_bin())
+        .args(["config", "default"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let dir = std::env::temp_dir().join(format!("herald-default-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("herald.toml");
+    std::fs::write(&file, &out.stdout).expect("write");
+    let check = Command::new(herald_bin())
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let plain = Command::new(herald_bin())
+        .args(["config", "check"])
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .expect("run");
+    assert_eq!(
+        check.stdout, plain.stdout,
+        "the printed defaults are the defaults"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

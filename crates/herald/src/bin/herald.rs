@@ -1,4 +1,4 @@
-//! The `herald` command: `serve`, `publish`.
+//! The `herald` command: `serve`, `publish`, `token`, `config`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -8,10 +8,18 @@ use clap::{Parser, Subcommand};
 use herald::Config;
 use herald::config::LogFormat;
 
+/// The crate version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("HERALD_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "herald",
-    version,
+    version = VERSION,
     about = "A real-time push server: WebSocket groups, an HTTP publish API, resumable streams",
     long_about = "A real-time push server. Browsers connect over WebSocket to a route such as \
 /message/{user_id}/stream/ and join the groups it names (user.{user_id}); backends publish \
@@ -54,6 +62,9 @@ enum Command {
         /// The payload; read from standard input when omitted.
         payload: Option<String>,
     },
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Mint a connection token (HS256 JWT) for routes with `auth = "token"`; prints it.
     Token {
         /// The subject: the user the token speaks for (e.g. the `{user_id}` of the route).
@@ -73,6 +84,19 @@ enum Command {
         #[arg(long, env = "HERALD_AUTH_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration (file, then HERALD_* variables) as `serve` would and
+    /// print the effective configuration, secrets redacted; exit 2 if it is invalid.
+    Check {
+        /// TOML configuration file.
+        #[arg(long, short, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a configuration file with every key at its default, commented.
+    Default,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +123,11 @@ fn main() -> ExitCode {
             config,
             secret,
         } => token(&sub, groups, ttl, config, secret),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", herald::config::DEFAULT_CONFIG_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Check { config }) => config_check(config),
         Command::Publish {
             server,
             api_key,
@@ -218,6 +247,28 @@ fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+/// `herald config check`: what `serve` would load, or why it would refuse to start.
+fn config_check(file: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(file.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match config.to_redacted_toml() {
+        Ok(text) => {
+            print!("{text}");
+            eprintln!("herald: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
