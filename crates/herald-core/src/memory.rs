@@ -279,6 +279,7 @@ impl State {
             offset: g.last_offset,
             epoch: g.epoch.clone(),
             payload,
+            received_at: Some(std::time::Instant::now()),
         };
         let mut added = 0;
         let mut freed = 0;

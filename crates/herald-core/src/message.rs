@@ -131,7 +131,7 @@ pub struct Position {
 }
 
 /// A published message as every subscribed node receives it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Message {
     /// The group it was published to.
     pub group: GroupName,
@@ -141,7 +141,22 @@ pub struct Message {
     pub epoch: Epoch,
     /// The bytes to deliver.
     pub payload: Payload,
+    /// When the message reached this node (published here, or read from the layer's
+    /// transport), for the delivery-latency histogram; `None` for messages read from
+    /// history. Not part of the message's identity: equality ignores it.
+    pub received_at: Option<std::time::Instant>,
 }
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.group == other.group
+            && self.offset == other.offset
+            && self.epoch == other.epoch
+            && self.payload == other.payload
+    }
+}
+
+impl Eq for Message {}
 
 impl Message {
     /// The message's position in its group's stream.

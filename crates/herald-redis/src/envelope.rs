@@ -101,6 +101,7 @@ pub(crate) fn decode(group: GroupName, envelope: Bytes) -> Result<Message, Decod
         offset,
         epoch: Epoch::new(epoch),
         payload,
+        received_at: Some(std::time::Instant::now()),
     })
 }
 

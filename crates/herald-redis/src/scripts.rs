@@ -266,6 +266,7 @@ where
             offset: as_offset(offset)?,
             epoch: current.epoch.clone(),
             payload,
+            received_at: None,
         });
     }
     Ok(History {

@@ -103,7 +103,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(families),
+        metrics::render(families, &state.metrics.histograms()),
     )
         .into_response()
 }
@@ -201,13 +201,22 @@ pub(crate) async fn publish(
     State(state): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let key = authorize(&state, req.headers())?;
     if key.is_none() {
         check_browser_origin(&state, req.headers())?;
     }
     // Every log line of this request names the key that authorized it ("-": open API).
     let span = tracing::info_span!("publish", key = key.unwrap_or("-"));
-    publish_authorized(state, req).instrument(span).await
+    let answer = publish_authorized(state.clone(), req)
+        .instrument(span)
+        .await;
+    state
+        .metrics
+        .publish_seconds
+        .0
+        .observe_duration(started.elapsed());
+    answer
 }
 
 async fn publish_authorized(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {

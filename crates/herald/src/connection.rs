@@ -429,6 +429,8 @@ impl Connection {
                         continue;
                     };
                     tick.set(next_tick(receiver));
+                    let depth = &self.state.metrics.outbox_depth.0;
+                    depth.observe(shared.queued() as f64);
                     let now = Instant::now();
                     if now.saturating_duration_since(last_in) > hb.interval + hb.timeout {
                         Metrics::add(&self.state.metrics.heartbeat_timeouts, 1);

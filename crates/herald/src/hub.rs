@@ -124,6 +124,11 @@ impl ConnShared {
         self.mode
     }
 
+    /// Frames queued for the connection and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queue().count
+    }
+
     // Only held for a push, a swap or a clear, never across an `.await`; a poisoned lock
     // means a panic elsewhere, and the queue itself is still consistent.
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -491,6 +496,13 @@ impl Hub {
             }
         }
         drop(groups);
+        let now = std::time::Instant::now();
+        for message in messages {
+            if let Some(at) = message.received_at {
+                let latency = &self.metrics.delivery_seconds.0;
+                latency.observe_duration(now.saturating_duration_since(at));
+            }
+        }
         Metrics::add(&self.metrics.frames_delivered, total.sent as u64);
         Metrics::add(&self.metrics.frames_dropped, total.dropped as u64);
         total
@@ -569,6 +581,7 @@ mod tests {
             offset,
             epoch: Epoch::new("e"),
             payload: Payload::text("hi"),
+            received_at: None,
         }
     }
 

@@ -56,13 +56,106 @@ impl Family {
     }
 }
 
+/// A histogram on plain atomics: observing is a bucket search and three relaxed adds, no
+/// lock (prometheus-client's own histogram takes a lock per observation, and these are
+/// observed on the delivery path).
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, ascending; a last, implicit bucket is `+Inf`.
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative), one more than `bounds`.
+    counts: Vec<AtomicU64>,
+    /// Sum of the observations, in millionths of the unit.
+    sum_micros: AtomicU64,
+}
+
+/// Buckets for latencies, in seconds: 100 µs to 2.5 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Buckets for queue depths, in frames.
+pub const DEPTH_BUCKETS: &[f64] = &[0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0];
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation (negative or NaN values count as 0).
+    pub fn observe(&self, value: f64) {
+        let value = if value.is_finite() && value > 0.0 {
+            value
+        } else {
+            0.0
+        };
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(self.bounds.len());
+        if let Some(count) = self.counts.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        // `as` saturates: an absurd value cannot wrap the sum.
+        self.sum_micros
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Records a duration in seconds.
+    pub fn observe_duration(&self, elapsed: std::time::Duration) {
+        self.observe(elapsed.as_secs_f64());
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        // Empty buckets are listed too: dashboards expect a stable set of `le` labels.
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+}
+
 /// The families of one scrape, encoded by prometheus-client.
 #[derive(Debug)]
-struct Scrape(Vec<Family>);
+struct Scrape {
+    families: Vec<Family>,
+    histograms: Vec<(&'static str, &'static str, HistogramSnapshot)>,
+}
+
+/// A histogram read at a scrape: sum, count, and (upper bound, count) per bucket.
+type HistogramSnapshot = (f64, u64, Vec<(f64, u64)>);
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for family in &self.0 {
+        for (name, help, (sum, count, buckets)) in &self.histograms {
+            let mut metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                *sum, *count, buckets, None,
+            )?;
+        }
+        for family in &self.families {
             let (name, metric_type) = match family.kind {
                 // The encoder appends `_total` to counters itself.
                 Kind::Counter => (
@@ -86,10 +179,20 @@ impl Collector for Scrape {
     }
 }
 
-/// Renders `families` in the Prometheus text exposition format (0.0.4).
-pub fn render(families: Vec<Family>) -> String {
+/// Renders `families` and `histograms` in the Prometheus text exposition format (0.0.4).
+pub fn render(
+    families: Vec<Family>,
+    histograms: &[(&'static str, &'static str, &Histogram)],
+) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape(families)));
+    let histograms = histograms
+        .iter()
+        .map(|(name, help, h)| (*name, *help, h.snapshot()))
+        .collect();
+    registry.register_collector(Box::new(Scrape {
+        families,
+        histograms,
+    }));
     let mut out = String::with_capacity(4096);
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
@@ -145,12 +248,60 @@ pub struct Metrics {
     pub body_timeouts: AtomicU64,
     /// Publish requests from a browser page refused on an open API (403).
     pub publish_origin_refused: AtomicU64,
+    /// Seconds from a message reaching this node (its publish here, or its arrival from
+    /// Redis) to its frames being with every local member (outbox or socket).
+    pub delivery_seconds: LatencyHistogram,
+    /// Seconds a publish request took, from its head to its answer.
+    pub publish_seconds: LatencyHistogram,
+    /// Frames queued per connection, sampled at each heartbeat tick.
+    pub outbox_depth: DepthHistogram,
+}
+
+/// A [`Histogram`] over [`LATENCY_BUCKETS`].
+#[derive(Debug)]
+pub struct LatencyHistogram(pub Histogram);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self(Histogram::new(LATENCY_BUCKETS))
+    }
+}
+
+/// A [`Histogram`] over [`DEPTH_BUCKETS`].
+#[derive(Debug)]
+pub struct DepthHistogram(pub Histogram);
+
+impl Default for DepthHistogram {
+    fn default() -> Self {
+        Self(Histogram::new(DEPTH_BUCKETS))
+    }
 }
 
 impl Metrics {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// This server's histograms: (name, help, histogram).
+    pub fn histograms(&self) -> [(&'static str, &'static str, &Histogram); 3] {
+        [
+            (
+                "herald_delivery_seconds",
+                "Time from a message reaching this node to its frames being with every local member.",
+                &self.delivery_seconds.0,
+            ),
+            (
+                "herald_publish_seconds",
+                "Time a publish request took, from its head to its answer.",
+                &self.publish_seconds.0,
+            ),
+            (
+                "herald_outbox_depth",
+                "Frames queued per connection, sampled at each heartbeat tick.",
+                &self.outbox_depth.0,
+            ),
+        ]
     }
 
     /// This server's own metrics, read now.
@@ -267,5 +418,27 @@ impl Metrics {
             Family::single(name, help, value(counter.load(Ordering::Relaxed)))
         }));
         families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_count_into_buckets_and_render() {
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.observe(0.0005);
+        h.observe(0.001);
+        h.observe(0.005);
+        h.observe(7.0);
+        h.observe(f64::NAN);
+        assert_eq!(h.count(), 5);
+        let text = render(Vec::new(), &[("x_seconds", "help", &h)]);
+        assert!(text.contains("x_seconds_bucket{le=\"0.001\"} 3"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"0.01\"} 4"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 5"), "{text}");
+        assert!(text.contains("x_seconds_count 5"), "{text}");
+        assert!(text.contains("x_seconds_sum 7.0065"), "{text}");
     }
 }
