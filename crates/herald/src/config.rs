@@ -65,6 +65,39 @@ pub struct Config {
     pub django: herald_django::DjangoConfig,
     /// How `herald serve` logs.
     pub log: LogConfig,
+    /// The `/admin/` dashboard. Off unless a key is set.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The key the `/admin/` page asks for (at least 16 bytes). Default: none — the page
+    /// and its data endpoints are off (404).
+    pub key: Option<String>,
+    /// How often each node publishes its report to the dashboard. Default `1s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub report_interval: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            report_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    // The key never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("report_interval", &self.report_interval)
+            .finish()
+    }
 }
 
 /// `[log]`.
@@ -102,6 +135,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             django: herald_django::DjangoConfig::default(),
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -517,6 +551,7 @@ const SECTIONS: &[&str] = &[
     "auth",
     "tls",
     "log",
+    "admin",
 ];
 
 impl Config {
@@ -666,6 +701,17 @@ impl Config {
                     "must not be empty",
                 ));
             }
+        }
+        if let Some(key) = &self.admin.key {
+            if key.len() < 16 {
+                return Err(ConfigError::new("admin.key", "needs at least 16 bytes"));
+            }
+        }
+        if self.admin.report_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "admin.report_interval",
+                "must be at least 100ms",
+            ));
         }
         if self.api.key.as_deref() == Some("") {
             return Err(ConfigError::new(

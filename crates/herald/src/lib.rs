@@ -39,6 +39,7 @@
 //! - `socket`: the plain TCP socket shared by a connection's task and the hub's direct
 //!   writes.
 
+mod admin;
 pub mod api;
 mod assets;
 pub mod auth;

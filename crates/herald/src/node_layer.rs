@@ -143,6 +143,14 @@ impl NodeLayer {
         }
     }
 
+    /// `"memory"` or `"redis"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
+        }
+    }
+
     /// Stops background work (the Redis connections); the memory layer has none.
     pub async fn close(&self) {
         if let Self::Redis(l) = self {

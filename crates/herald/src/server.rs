@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::admin::Admin;
 use crate::api::ApiKey;
 use crate::auth::Authenticator;
 use crate::burst_log::BurstLog;
@@ -95,6 +96,10 @@ pub(crate) struct AppState {
     pub(crate) body_timeout_log: BurstLog,
     /// Log lines for browser publishes refused on an open API, one per burst.
     pub(crate) origin_refused_log: BurstLog,
+    /// The `/admin/` side, when `[admin] key` is set.
+    pub(crate) admin: Option<Arc<Admin>>,
+    /// Open WebSockets per route (same index as `routes`).
+    pub(crate) route_connections: Vec<AtomicI64>,
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -119,7 +124,23 @@ pub async fn serve(
     incoming: Incoming,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let routes = config.compiled_routes()?;
+    let mut routes = config.compiled_routes()?;
+    let admin = match &config.admin.key {
+        Some(key) => {
+            // The dashboard's stream is an ordinary route joined to the reports' group,
+            // first in the list; only /admin/stream/ (after its session check) reaches it.
+            let stream = crate::config::RouteConfig {
+                path: crate::admin::STREAM_PATH.into(),
+                groups: vec![crate::admin::ADMIN_GROUP.into()],
+                ..crate::config::RouteConfig::seed()
+            };
+            let route = crate::route::Route::compile(&stream)
+                .map_err(|e| crate::config::ConfigError::new("admin", e.to_string()))?;
+            routes.insert(0, route);
+            Some(Arc::new(Admin::new(key.clone(), node_name())))
+        }
+        None => None,
+    };
     let open_api = config.api.key.is_none() && config.api.keys.is_empty();
     if let Ok(local) = listener.local_addr() {
         if open_api && !local.ip().is_loopback() {
@@ -162,6 +183,7 @@ pub async fn serve(
         incoming,
         hub.clone(),
         metrics.clone(),
+        admin.clone(),
         stop_background.clone(),
     ));
     let tick_every = (config.heartbeat.interval / 2).max(Duration::from_millis(10));
@@ -185,6 +207,7 @@ pub async fn serve(
     };
     let drain = config.shutdown.drain_timeout;
     let handshake_timeout = config.limits.handshake_timeout;
+    let routes_len = routes.len();
     let state = Arc::new(AppState {
         config,
         routes,
@@ -204,7 +227,16 @@ pub async fn serve(
         django: django.clone(),
         body_timeout_log: BurstLog::default(),
         origin_refused_log: BurstLog::default(),
+        route_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
+        admin,
     });
+    if state.admin.is_some() {
+        background.spawn(crate::admin::report_loop(
+            state.clone(),
+            state.config.admin.report_interval,
+            stop_background.clone(),
+        ));
+    }
     let router = router(state.clone());
     let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
         .ok()
@@ -317,8 +349,28 @@ pub async fn serve(
     Ok(())
 }
 
+/// This node's name in the admin reports: the host name and a random suffix (several
+/// nodes may run on one host).
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into());
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(4)
+        .collect();
+    format!("{host}-{suffix}")
+}
+
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/admin/", get(crate::admin::page))
+        .route("/admin/api/session", post(crate::admin::session))
+        .route("/admin/api/cluster", get(crate::admin::cluster))
+        .route("/admin/api/publish", post(crate::admin::publish))
+        .route(crate::admin::STREAM_PATH, get(crate::admin::stream))
         .route("/api/publish", post(api::publish))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -470,6 +522,7 @@ async fn pump(
     mut incoming: Incoming,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    admin: Option<Arc<Admin>>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(256);
@@ -483,6 +536,9 @@ async fn pump(
         }
         Metrics::add(&metrics.messages_received, n as u64);
         hub.deliver_all(&batch);
+        if let Some(admin) = &admin {
+            admin.count(&batch);
+        }
         batch.clear();
     }
 }

@@ -109,7 +109,7 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
     // browser shows an HTTP error as a bare 1006 and would retry forever. Limits come
     // first (cheapest), then the origin, then the token; a refused connection keeps its
     // slot until its close handshake ends, so refusals count against the limits too.
-    let slot = ConnectionSlot::take(&state, client);
+    let slot = ConnectionSlot::take(&state, client, route_index);
     let task = match &slot {
         Err(reason) => {
             Metrics::add(&state.metrics.connections_rejected, 1);
@@ -214,11 +214,17 @@ struct ConnectionSlot {
     state: Arc<AppState>,
     /// The per-IP key counted, when the client address is known.
     ip: Option<IpAddr>,
+    /// The route counted in `AppState::route_connections`.
+    route: usize,
 }
 
 impl ConnectionSlot {
     /// Takes a place, or says which limit is reached (the close reason).
-    fn take(state: &Arc<AppState>, client: Option<IpAddr>) -> Result<Self, &'static str> {
+    fn take(
+        state: &Arc<AppState>,
+        client: Option<IpAddr>,
+        route: usize,
+    ) -> Result<Self, &'static str> {
         let max = state.config.limits.max_connections as i64;
         let before = state.metrics.connections.fetch_add(1, Ordering::AcqRel);
         if before >= max {
@@ -243,15 +249,22 @@ impl ConnectionSlot {
             *count += 1;
         }
         Metrics::add(&state.metrics.connections_total, 1);
+        if let Some(n) = state.route_connections.get(route) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Self {
             state: state.clone(),
             ip,
+            route,
         })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        if let Some(n) = self.state.route_connections.get(self.route) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
         self.state
             .metrics
             .connections
