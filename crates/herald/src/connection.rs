@@ -22,8 +22,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant, timeout};
 
 use crate::close;
-use crate::hub::{ConnId, Mode, Outbox, OutboxReceiver, encode_v1, epoch_tag};
+use crate::hub::ConnId;
 use crate::metrics::Metrics;
+use crate::outbox::{Mode, Outbox, OutboxReceiver, epoch_tag};
+use crate::protocol::encode_v1;
 use crate::protocol::{self, ClientFrame, WelcomeStream};
 use crate::server::AppState;
 

@@ -1,370 +1,35 @@
 //! `Hub`: node-local membership (group → member connections) and local fan-out.
 //!
 //! Only the hub knows who is a member of what; the layer only moves messages between
-//! nodes. `deliver` encodes each message into its WebSocket frame once per wire mode and
-//! hands the same `Bytes` to every member's bounded outbox: a refcount increment per
-//! recipient, no copy. Members of small groups with an idle outbox get the frame written
-//! to their socket directly (see [`Outbox::offer`]).
+//! nodes. Membership is split into shards by group hash, each behind its own lock, and a
+//! group's members sit in a copy-on-write list with an index by connection id: a join or
+//! leave is O(1) and locks one shard, and a delivery takes a snapshot of the list (a
+//! refcount) and releases the lock before it encodes anything or touches a socket.
+//! Each message is encoded into its frame once per wire mode and the same `Bytes` goes
+//! to every member's bounded outbox ([`Outbox`]): a refcount increment per recipient, no
+//! copy. Members of small groups with an idle outbox get the frame written to their
+//! socket directly (see [`Outbox::offer`]).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use herald_core::{GroupName, Message, PayloadKind};
-use herald_ws::{OpCode, encode_frame, encode_frame_parts};
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use herald_core::{GroupName, Message};
 
 use crate::metrics::Metrics;
+use crate::outbox::{Delivered, Mode, OutFrame, Outbox, epoch_tag};
+use crate::protocol::{encode_plain, encode_v1};
 
 /// Identifies one WebSocket connection on this node.
 pub type ConnId = u64;
 
-/// How a connection's frames are encoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// The seed's contract: one frame per message, the payload byte for byte.
-    Plain,
-    /// `herald.v1`: a header naming group and offset, then the payload.
-    V1,
-}
-
-/// One pre-encoded frame queued for a connection.
+/// One connection in one group.
 #[derive(Clone, Debug)]
-pub struct OutFrame {
-    /// The complete WebSocket frame, shared with every other recipient.
-    pub frame: Bytes,
-    /// Which of the connection's groups it belongs to (index into its group list).
-    pub slot: u8,
-    /// The message's offset in that group.
-    pub offset: u64,
-    /// A hash of the message's epoch ([`epoch_tag`]), so a connection notices when the
-    /// group's history was reset under it without an allocation per recipient.
-    pub epoch: u32,
-}
-
-/// A 32-bit FNV-1a hash of an epoch string.
-pub fn epoch_tag(epoch: &str) -> u32 {
-    epoch.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// State shared between a connection's task and the hub.
-#[derive(Debug)]
-pub struct ConnShared {
-    /// Close code requested by the hub (0 = none), e.g. 4001 on overflow.
-    close_code: AtomicU16,
-    /// Wakes the connection task when `close_code` is set.
-    kicked: Notify,
-    /// Bound on [`Queue::bytes`].
-    max_bytes: usize,
-    /// Bound on [`Queue::count`].
-    max_messages: usize,
-    /// The frames themselves. A plain deque rather than a tokio mpsc channel: the channel
-    /// allocates its first 32-slot block (~1.5 KiB) up front, for every connection, idle or
-    /// not; an empty `VecDeque` allocates nothing.
-    queue: Mutex<Queue>,
-    /// Wakes the connection task when the queue goes from empty to non-empty.
-    ready: Notify,
-    mode: Mode,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    frames: VecDeque<OutFrame>,
-    /// Set by [`OutboxReceiver::close`]: no more frames are accepted.
-    closed: bool,
-    /// The connection's socket, once its task armed direct writes (plain mode over plain
-    /// TCP). While the queue is empty and the task is not writing, [`Outbox::offer`]
-    /// writes a frame straight to it instead of waking the task.
-    direct: Option<Arc<TcpStream>>,
-    /// The task holds frames it took from the queue, or is writing a frame of its own:
-    /// a direct write now could interleave with its bytes.
-    writing: bool,
-    /// Frames and bytes in the outbox: queued here, or taken by the task and not yet
-    /// released ([`OutboxReceiver::release`]). Plain fields under the lock the producer
-    /// takes anyway; the task settles them once per batch, not once per frame.
-    count: usize,
-    bytes: usize,
-}
-
-/// A drained deque keeps at most this capacity, so a connection that saw a burst does
-/// not hold the burst's memory while idle.
-const KEEP_CAPACITY: usize = 8;
-
-impl ConnShared {
-    /// The close code the hub asked for, if any.
-    pub fn close_code(&self) -> Option<u16> {
-        match self.close_code.load(Ordering::Acquire) {
-            0 => None,
-            code => Some(code),
-        }
-    }
-
-    /// Asks the connection to close with `code`; the first request wins.
-    pub fn kick(&self, code: u16) {
-        if self
-            .close_code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.kicked.notify_one();
-        }
-    }
-
-    /// Resolves once the connection was kicked (cancel-safe; `notify_one` keeps a permit).
-    pub async fn kicked(&self) {
-        self.kicked.notified().await;
-    }
-
-    /// The connection's wire mode.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
-    /// Frames queued for the connection and not yet written.
-    pub fn queued(&self) -> usize {
-        self.queue().count
-    }
-
-    // Only held for a push, a swap or a clear, never across an `.await`; a poisoned lock
-    // means a panic elsewhere, and the queue itself is still consistent.
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The outbox is empty (returned by [`OutboxReceiver::try_recv`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Empty;
-
-/// The connection task's end of its outbox.
-///
-/// It takes the hub's whole queue at once (one lock per burst, not per frame) into a
-/// local deque and hands frames out from there.
-#[derive(Debug)]
-pub struct OutboxReceiver {
-    shared: Arc<ConnShared>,
-    local: VecDeque<OutFrame>,
-}
-
-impl OutboxReceiver {
-    /// The next frame; waits for one. Cancel-safe: frames stay queued until returned.
-    /// `None` once the outbox is closed.
-    pub async fn recv(&mut self) -> Option<OutFrame> {
-        loop {
-            if let Ok(frame) = self.try_recv() {
-                return Some(frame);
-            }
-            if self.shared.queue().closed {
-                return None;
-            }
-            // A push between the check above and this wait leaves a permit in `ready`.
-            self.shared.ready.notified().await;
-        }
-    }
-
-    /// The next frame if one is queued.
-    pub fn try_recv(&mut self) -> Result<OutFrame, Empty> {
-        if self.local.is_empty() {
-            let mut queue = self.shared.queue();
-            if queue.frames.is_empty() {
-                return Err(Empty);
-            }
-            std::mem::swap(&mut self.local, &mut queue.frames);
-            queue.writing = true;
-        }
-        let frame = self.local.pop_front().ok_or(Empty)?;
-        if self.local.is_empty() && self.local.capacity() > KEEP_CAPACITY {
-            self.local = VecDeque::new();
-        }
-        Ok(frame)
-    }
-
-    /// The task is done with `frames` frames of `bytes` bytes it took (written out, or
-    /// skipped): they no longer count against the outbox's bounds.
-    pub fn release(&mut self, frames: usize, bytes: usize) {
-        if frames > 0 {
-            let mut queue = self.shared.queue();
-            queue.count = queue.count.saturating_sub(frames);
-            queue.bytes = queue.bytes.saturating_sub(bytes);
-        }
-    }
-
-    /// Frames queued and not yet returned.
-    pub fn len(&self) -> usize {
-        self.local.len() + self.shared.queue().frames.len()
-    }
-
-    /// Whether no frame is queued.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Lets the hub write frames directly to `socket` whenever this outbox is empty and
-    /// the task is not writing. Call once the socket carries WebSocket frames.
-    pub fn arm_direct(&mut self, socket: Arc<TcpStream>) {
-        let mut queue = self.shared.queue();
-        if !queue.closed {
-            queue.direct = Some(socket);
-        }
-    }
-
-    /// The task is about to write a frame of its own (ping, pong, goaway): direct writes
-    /// pause until [`OutboxReceiver::done_writing`].
-    pub fn begin_writing(&mut self) {
-        self.shared.queue().writing = true;
-    }
-
-    /// The task wrote everything it took: direct writes may resume if nothing is queued.
-    pub fn done_writing(&mut self) {
-        if self.local.is_empty() {
-            let mut queue = self.shared.queue();
-            if queue.frames.is_empty() {
-                queue.writing = false;
-            }
-        }
-    }
-
-    /// Refuses every further frame and drops the queued ones.
-    pub fn close(&mut self) {
-        let mut queue = self.shared.queue();
-        queue.closed = true;
-        queue.direct = None;
-        queue.frames = VecDeque::new();
-        queue.count = 0;
-        queue.bytes = 0;
-        drop(queue);
-        self.local = VecDeque::new();
-    }
-}
-
-impl Drop for OutboxReceiver {
-    fn drop(&mut self) {
-        // Releases the socket held for direct writes even if the task ended abruptly.
-        self.close();
-    }
-}
-
-/// The hub's handle on a connection: the sending half of its bounded outbox.
-#[derive(Clone, Debug)]
-pub struct Outbox {
-    shared: Arc<ConnShared>,
-}
-
-impl Outbox {
-    /// A new outbox holding at most `max_messages` frames and `max_bytes` bytes.
-    pub fn new(mode: Mode, max_messages: usize, max_bytes: usize) -> (Self, OutboxReceiver) {
-        let shared = Arc::new(ConnShared {
-            close_code: AtomicU16::new(0),
-            kicked: Notify::new(),
-            max_bytes,
-            max_messages: max_messages.max(1),
-            queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
-            mode,
-        });
-        let rx = OutboxReceiver {
-            shared: shared.clone(),
-            local: VecDeque::new(),
-        };
-        (Self { shared }, rx)
-    }
-
-    /// The state shared with the connection task.
-    pub fn shared(&self) -> &Arc<ConnShared> {
-        &self.shared
-    }
-
-    /// Queues a frame without waiting. On overflow the connection is kicked with 4001
-    /// and `false` returned; a closing connection also returns `false`.
-    ///
-    /// With `inline`, a connection armed for direct writes whose outbox is empty and whose
-    /// task is not writing gets the frame written to its socket right here (no wake-up
-    /// of its task); what the socket does not take is queued for the task as usual.
-    pub fn offer(&self, frame: OutFrame, metrics: &Metrics, inline: bool) -> bool {
-        self.offer_all(std::iter::once(frame), 1, metrics, inline)
-            .sent
-            == 1
-    }
-
-    /// [`Outbox::offer`] for the `n` frames of `frames`, in order, under one lock. Frames
-    /// after an overflow are dropped (the connection is being closed with 4001).
-    pub fn offer_all(
-        &self,
-        frames: impl Iterator<Item = OutFrame>,
-        n: usize,
-        metrics: &Metrics,
-        inline: bool,
-    ) -> Delivered {
-        let shared = &*self.shared;
-        let refused = Delivered {
-            sent: 0,
-            dropped: n,
-        };
-        if shared.close_code().is_some() {
-            return refused;
-        }
-        let mut queue = shared.queue();
-        if queue.closed {
-            return refused;
-        }
-        let was_empty = queue.frames.is_empty();
-        if !inline && n > 1 {
-            // One allocation for a burst instead of the deque doubling its way up.
-            queue.frames.reserve(n);
-        }
-        let mut sent = 0;
-        let mut overflowed = false;
-        for mut frame in frames {
-            let len = frame.frame.len();
-            if queue.count >= shared.max_messages || queue.bytes + len > shared.max_bytes {
-                overflowed = true;
-                break;
-            }
-            sent += 1;
-            if inline && queue.frames.is_empty() && !queue.writing {
-                if let Some(socket) = &queue.direct {
-                    match socket.try_write(&frame.frame) {
-                        Ok(n) if n == len => continue,
-                        // The socket buffer took part of it: the task writes the rest.
-                        Ok(n) => frame.frame = frame.frame.slice(n..),
-                        // Full, or broken: the task waits for room, or meets the error.
-                        Err(_) => {}
-                    }
-                }
-            }
-            queue.count += 1;
-            queue.bytes += frame.frame.len();
-            queue.frames.push_back(frame);
-        }
-        let wake = was_empty && !queue.frames.is_empty();
-        drop(queue);
-        if overflowed {
-            self.overflow(metrics);
-        }
-        if wake {
-            shared.ready.notify_one();
-        }
-        Delivered {
-            sent,
-            dropped: n - sent,
-        }
-    }
-
-    fn overflow(&self, metrics: &Metrics) {
-        if self.shared.close_code().is_none() {
-            Metrics::add(&metrics.outbox_overflows, 1);
-        }
-        self.shared.kick(crate::close::SLOW_CONSUMER);
-    }
-}
-
-#[derive(Debug)]
-struct Member {
+pub struct Member {
     id: ConnId,
+    /// The group's index in the connection's own list, echoed in every frame for it.
     slot: u8,
     outbox: Outbox,
 }
@@ -389,55 +54,97 @@ pub enum Left {
     NotMember,
 }
 
-/// How a delivery went.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Delivered {
-    /// Frames queued.
-    pub sent: usize,
-    /// Members whose outbox refused the frame.
-    pub dropped: usize,
-}
-
 /// Largest local group whose frames [`Hub`] writes inline (see [`Outbox::offer`]).
 pub const INLINE_MAX_MEMBERS: usize = 8;
+
+/// Shards of the membership map: enough that joins and deliveries of different groups
+/// rarely meet on one lock.
+const SHARDS: usize = 64;
+
+/// A group's members: the list deliveries snapshot, and where each connection sits in it.
+#[derive(Debug, Default)]
+struct Members {
+    /// Copy-on-write: a delivery holding a snapshot makes the next join or leave copy it.
+    list: Arc<Vec<Member>>,
+    index: HashMap<ConnId, usize>,
+}
+
+type Shard = HashMap<GroupName, Members>;
 
 /// Node-local membership and fan-out.
 #[derive(Debug)]
 pub struct Hub {
-    groups: RwLock<HashMap<GroupName, Vec<Member>>>,
+    shards: Box<[RwLock<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
     metrics: Arc<Metrics>,
+}
+
+/// A group's frames for one run of messages, encoded on first use per wire mode.
+#[derive(Debug)]
+pub struct Encoded<'r> {
+    run: &'r [Message],
+    plain: Option<Vec<Bytes>>,
+    v1: Option<Vec<Bytes>>,
+    epochs: Vec<u32>,
+}
+
+impl<'r> Encoded<'r> {
+    /// `run`: consecutive messages of one group, in order.
+    pub fn new(run: &'r [Message]) -> Self {
+        Self {
+            run,
+            plain: None,
+            v1: None,
+            epochs: run.iter().map(|m| epoch_tag(m.epoch.as_str())).collect(),
+        }
+    }
 }
 
 impl Hub {
     /// An empty hub reporting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            groups: RwLock::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
             metrics,
         }
     }
 
-    // The maps are only touched in short, non-awaiting sections; a panic inside one is a
-    // bug that already lost its thread, and continuing with the data is the best option.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<GroupName, Vec<Member>>> {
-        self.groups.read().unwrap_or_else(|p| p.into_inner())
+    fn shard(&self, group: &GroupName) -> &RwLock<Shard> {
+        // The modulo keeps the index in range whatever the hash.
+        let i = (self.hasher.hash_one(group.as_str()) as usize) % self.shards.len();
+        &self.shards[i]
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<GroupName, Vec<Member>>> {
-        self.groups.write().unwrap_or_else(|p| p.into_inner())
+    // The maps are only touched in short, non-awaiting sections; a panic inside one is a
+    // bug that already lost its thread, and continuing with the data is the best option.
+    fn read(&self, group: &GroupName) -> RwLockReadGuard<'_, Shard> {
+        self.shard(group).read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, group: &GroupName) -> RwLockWriteGuard<'_, Shard> {
+        self.shard(group).write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds connection `id` to `group`; `slot` is the group's index in the connection's
-    /// own list, echoed in every frame for it.
+    /// own list, echoed in every frame for it. Joining twice replaces the first entry.
     pub fn join(&self, group: &GroupName, id: ConnId, slot: u8, outbox: &Outbox) -> Joined {
-        let mut groups = self.write();
-        let members = groups.entry(group.clone()).or_default();
-        let first = members.is_empty();
-        members.push(Member {
+        let mut shard = self.write(group);
+        let members = shard.entry(group.clone()).or_default();
+        let first = members.list.is_empty();
+        let member = Member {
             id,
             slot,
             outbox: outbox.clone(),
-        });
+        };
+        let list = Arc::make_mut(&mut members.list);
+        match members.index.get(&id) {
+            Some(&i) => list[i] = member,
+            None => {
+                members.index.insert(id, list.len());
+                list.push(member);
+            }
+        }
         if first {
             self.metrics.groups.fetch_add(1, Ordering::Relaxed);
             Joined::First
@@ -446,18 +153,22 @@ impl Hub {
         }
     }
 
-    /// Removes connection `id` from `group`.
+    /// Removes connection `id` from `group`, in constant time.
     pub fn leave(&self, group: &GroupName, id: ConnId) -> Left {
-        let mut groups = self.write();
-        let Some(members) = groups.get_mut(group) else {
+        let mut shard = self.write(group);
+        let Some(members) = shard.get_mut(group) else {
             return Left::NotMember;
         };
-        let Some(index) = members.iter().position(|m| m.id == id) else {
+        let Some(i) = members.index.remove(&id) else {
             return Left::NotMember;
         };
-        members.swap_remove(index);
-        if members.is_empty() {
-            groups.remove(group);
+        let list = Arc::make_mut(&mut members.list);
+        list.swap_remove(i);
+        if let Some(moved) = list.get(i) {
+            members.index.insert(moved.id, i);
+        }
+        if list.is_empty() {
+            shard.remove(group);
             self.metrics.groups.fetch_sub(1, Ordering::Relaxed);
             Left::Last
         } else {
@@ -467,12 +178,18 @@ impl Hub {
 
     /// Whether `group` has members on this node.
     pub fn has_members(&self, group: &GroupName) -> bool {
-        self.read().contains_key(group)
+        self.read(group).contains_key(group)
     }
 
     /// Number of local members of `group`.
     pub fn member_count(&self, group: &GroupName) -> usize {
-        self.read().get(group).map_or(0, Vec::len)
+        self.read(group).get(group).map_or(0, |m| m.list.len())
+    }
+
+    /// The members of `group` right now; the lock is released on return, so whatever is
+    /// done with the snapshot holds up no join or leave.
+    pub fn snapshot(&self, group: &GroupName) -> Option<Arc<Vec<Member>>> {
+        self.read(group).get(group).map(|m| m.list.clone())
     }
 
     /// Queues `message` to every local member of its group, encoding its frame once per
@@ -481,21 +198,64 @@ impl Hub {
         self.deliver_all(std::slice::from_ref(message))
     }
 
-    /// Like [`Hub::deliver`] for several messages, under one lock acquisition (the pump
-    /// hands over what the layer had ready in one go). Consecutive messages for the same
+    /// Like [`Hub::deliver`] for several messages. Consecutive messages for the same
     /// group are delivered member by member: each member's outbox is locked once for the
-    /// whole run instead of once per message.
+    /// whole run instead of once per message. (The delivery pump does the same in slices,
+    /// yielding between them; see `pump.rs`.)
     pub fn deliver_all(&self, messages: &[Message]) -> Delivered {
-        let groups = self.read();
         let mut total = Delivered::default();
         for run in messages.chunk_by(|a, b| a.group == b.group) {
-            if let Some(members) = groups.get(&run[0].group) {
-                let one = Self::deliver_run(members, run, &self.metrics);
+            if let Some(members) = self.snapshot(&run[0].group) {
+                let mut encoded = Encoded::new(run);
+                let inline = members.len() <= INLINE_MAX_MEMBERS;
+                let one = self.deliver_to(&members, &mut encoded, inline);
                 total.sent += one.sent;
                 total.dropped += one.dropped;
             }
         }
-        drop(groups);
+        self.delivered(messages, total);
+        total
+    }
+
+    /// Delivers a run (see [`Encoded`]) to `members` (a snapshot, or a slice of one).
+    /// `inline` says whether the group is small enough for direct writes.
+    pub fn deliver_to(
+        &self,
+        members: &[Member],
+        encoded: &mut Encoded<'_>,
+        inline: bool,
+    ) -> Delivered {
+        let mut delivered = Delivered::default();
+        let Encoded {
+            run,
+            plain,
+            v1,
+            epochs,
+        } = encoded;
+        for member in members {
+            let frames = match member.outbox.shared().mode() {
+                Mode::Plain => plain.get_or_insert_with(|| run.iter().map(encode_plain).collect()),
+                Mode::V1 => v1.get_or_insert_with(|| run.iter().map(encode_v1).collect()),
+            };
+            let outs = frames.iter().zip(run.iter()).zip(epochs.iter()).map(
+                |((frame, message), &epoch)| OutFrame {
+                    frame: frame.clone(),
+                    slot: member.slot,
+                    offset: message.offset,
+                    epoch,
+                },
+            );
+            let one = member
+                .outbox
+                .offer_all(outs, run.len(), &self.metrics, inline);
+            delivered.sent += one.sent;
+            delivered.dropped += one.dropped;
+        }
+        delivered
+    }
+
+    /// Counts a delivered batch: frames, drops, and each message's delivery latency.
+    pub fn delivered(&self, messages: &[Message], total: Delivered) {
         let now = std::time::Instant::now();
         for message in messages {
             if let Some(at) = message.received_at {
@@ -505,74 +265,13 @@ impl Hub {
         }
         Metrics::add(&self.metrics.frames_delivered, total.sent as u64);
         Metrics::add(&self.metrics.frames_dropped, total.dropped as u64);
-        total
-    }
-
-    /// Delivers `run` (messages of one group, in order) to `members`.
-    fn deliver_run(members: &[Member], run: &[Message], metrics: &Metrics) -> Delivered {
-        // A small group (a user's tabs) is written inline: one non-blocking write per
-        // member from this thread beats waking each member's task. A large fan-out goes
-        // to the connection tasks, which run on every worker and write queued frames in
-        // batches; written inline it would serialize on this one thread.
-        let inline = members.len() <= INLINE_MAX_MEMBERS;
-        // Each message is encoded once per wire mode in use, when a member first needs it.
-        let mut plain: Option<Vec<Bytes>> = None;
-        let mut v1: Option<Vec<Bytes>> = None;
-        let epochs: Vec<u32> = run.iter().map(|m| epoch_tag(m.epoch.as_str())).collect();
-        let mut delivered = Delivered::default();
-        for member in members {
-            let frames = match member.outbox.shared.mode {
-                Mode::Plain => plain.get_or_insert_with(|| run.iter().map(encode_plain).collect()),
-                Mode::V1 => v1.get_or_insert_with(|| run.iter().map(encode_v1).collect()),
-            };
-            let outs = frames
-                .iter()
-                .zip(run)
-                .zip(&epochs)
-                .map(|((frame, message), &epoch)| OutFrame {
-                    frame: frame.clone(),
-                    slot: member.slot,
-                    offset: message.offset,
-                    epoch,
-                });
-            let one = member.outbox.offer_all(outs, run.len(), metrics, inline);
-            delivered.sent += one.sent;
-            delivered.dropped += one.dropped;
-        }
-        delivered
-    }
-}
-
-/// The plain-mode frame: the payload byte for byte, as a text or binary frame.
-pub fn encode_plain(message: &Message) -> Bytes {
-    let opcode = match message.payload.kind() {
-        PayloadKind::Text => OpCode::Text,
-        PayloadKind::Binary => OpCode::Binary,
-    };
-    encode_frame(opcode, message.payload.data())
-}
-
-/// The `herald.v1` frame: `{"t":"m","s":group,"o":offset}\n<payload>` for text,
-/// `u32 BE header length | header | payload` for binary.
-pub fn encode_v1(message: &Message) -> Bytes {
-    // Group names are [A-Za-z0-9._-], so they need no JSON escaping.
-    let header = format!(
-        "{{\"t\":\"m\",\"s\":\"{}\",\"o\":{}}}",
-        message.group, message.offset
-    );
-    let payload = message.payload.data();
-    match message.payload.kind() {
-        PayloadKind::Text => encode_frame_parts(OpCode::Text, &[header.as_bytes(), b"\n", payload]),
-        PayloadKind::Binary => {
-            let len = (header.len() as u32).to_be_bytes();
-            encode_frame_parts(OpCode::Binary, &[&len, header.as_bytes(), payload])
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::OutboxReceiver;
     use herald_core::{Epoch, Payload};
 
     fn message(group: &GroupName, offset: u64) -> Message {
@@ -689,129 +388,150 @@ mod tests {
         assert_eq!(metrics.frames_dropped.load(Ordering::Relaxed), 2);
     }
 
-    #[test]
-    fn v1_frames() {
-        let g = GroupName::new("user.42").unwrap();
-        let text = encode_v1(&message(&g, 18));
-        assert_eq!(&text[2..], b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":18}\nhi");
-        let mut m = message(&g, 3);
-        m.payload = Payload::binary(vec![0u8, 1, 2]);
-        let bin = encode_v1(&m);
-        assert_eq!(bin[0], 0x82);
-        let body = &bin[2..];
-        let hlen = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
-        assert_eq!(
-            &body[4..4 + hlen],
-            b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":3}"
-        );
-        assert_eq!(&body[4 + hlen..], &[0, 1, 2]);
-    }
-
-    /// A connected socket pair: the server end (shared, as the hub holds it) and the peer.
-    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (Arc::new(server), peer)
-    }
-
-    fn frame_of(bytes: Vec<u8>) -> OutFrame {
-        OutFrame {
-            frame: Bytes::from(bytes),
-            slot: 0,
-            offset: 0,
-            epoch: 0,
+    /// Offsets a receiver holds, in order.
+    fn offsets(rx: &mut OutboxReceiver) -> Vec<u64> {
+        let mut got = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            got.push(frame.offset);
         }
-    }
-
-    async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
-        use tokio::io::AsyncReadExt;
-        let mut got = vec![0u8; n];
-        tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
-            .await
-            .expect("bytes within 5 s")
-            .unwrap();
         got
     }
 
-    #[tokio::test]
-    async fn inline_offers_reach_the_socket_without_the_task() {
-        let metrics = Metrics::default();
-        let (socket, mut peer) = socket_pair().await;
-        let (outbox, mut rx) = Outbox::new(Mode::Plain, 8, 1 << 20);
-        // Not armed yet: queued for the task.
-        assert!(outbox.offer(frame_of(b"one".to_vec()), &metrics, true));
-        assert_eq!(rx.len(), 1);
-        assert_eq!(&rx.try_recv().unwrap().frame[..], b"one");
-        rx.release(1, 3);
-        rx.done_writing();
-        rx.arm_direct(socket);
-        // Armed, idle, small group: written here, nothing queued, no bytes counted.
-        assert!(outbox.offer(frame_of(b"two".to_vec()), &metrics, true));
-        assert!(rx.is_empty());
-        assert_eq!(outbox.shared().queue().bytes, 0);
-        assert_eq!(read_exactly(&mut peer, 3).await, b"two");
-        // A large fan-out (inline = false) always goes through the task.
-        assert!(outbox.offer(frame_of(b"three".to_vec()), &metrics, false));
-        assert_eq!(rx.len(), 1);
-        // And while frames wait for the task, later ones queue behind them (order).
-        assert!(outbox.offer(frame_of(b"four".to_vec()), &metrics, true));
-        assert_eq!(rx.len(), 2);
-        // While the task writes a frame of its own, inline writes pause too.
-        assert_eq!(&rx.try_recv().unwrap().frame[..], b"three");
-        assert_eq!(&rx.try_recv().unwrap().frame[..], b"four");
-        rx.done_writing();
-        rx.begin_writing();
-        assert!(outbox.offer(frame_of(b"five".to_vec()), &metrics, true));
-        assert_eq!(rx.len(), 1);
-        // Closing releases the socket: the hub no longer writes.
-        rx.close();
-        assert!(!outbox.offer(frame_of(b"six".to_vec()), &metrics, true));
+    #[derive(Clone, Debug)]
+    enum Op {
+        Join(u8),
+        Leave(u8),
+        Deliver,
     }
 
-    #[tokio::test]
-    async fn a_full_socket_leaves_the_rest_to_the_task_in_order() {
-        let metrics = Metrics::default();
-        let (socket, mut peer) = socket_pair().await;
-        let (outbox, mut rx) = Outbox::new(Mode::Plain, 10_000, 1 << 30);
-        rx.arm_direct(socket.clone());
-        // The peer reads nothing: the socket buffers fill, a write goes partial, and every
-        // later frame must queue behind the remainder.
-        let frames: Vec<Vec<u8>> = (0..400u32)
-            .map(|i| {
-                let mut f = vec![(i % 251) as u8; 16 * 1024];
-                f[..4].copy_from_slice(&i.to_be_bytes());
-                f
-            })
-            .collect();
-        for f in &frames {
-            assert!(outbox.offer(frame_of(f.clone()), &metrics, true));
-        }
-        let queued = rx.len();
-        assert!(queued > 0, "6.4 MB did not all fit in the socket buffers");
-        assert!(queued < frames.len(), "nothing was written inline");
-        // Play the task: write what was queued, in order, while the peer reads everything.
-        let expected: Vec<u8> = frames.concat();
-        let reader = tokio::spawn(async move { read_exactly(&mut peer, expected.len()).await });
-        let write_queued = async {
-            while let Ok(f) = rx.try_recv() {
-                let mut rest = &f.frame[..];
-                while !rest.is_empty() {
-                    socket.writable().await.unwrap();
-                    match socket.try_write(rest) {
-                        Ok(n) => rest = &rest[n..],
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => panic!("{e}"),
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        /// Any sequence of joins, leaves and deliveries: each member gets exactly the
+        /// messages delivered while it was a member, once each, in order; the hub's
+        /// count and the shard index agree with a model.
+        #[test]
+        fn membership_follows_a_model(ops in proptest::collection::vec(
+            proptest::prop_oneof![
+                (0u8..12).prop_map(Op::Join),
+                (0u8..12).prop_map(Op::Leave),
+                proptest::strategy::Just(Op::Deliver),
+            ],
+            0..200,
+        )) {
+            let hub = Hub::new(Arc::default());
+            let g = GroupName::new("g").unwrap();
+            let mut boxes: Vec<_> = (0..12).map(|_| Outbox::new(Mode::Plain, 10_000, 1 << 30)).collect();
+            let mut member = [false; 12];
+            let mut expected: Vec<Vec<u64>> = vec![Vec::new(); 12];
+            let mut offset = 0;
+            for op in ops {
+                match op {
+                    Op::Join(i) => {
+                        let was_empty = !member.iter().any(|m| *m);
+                        let joined = hub.join(&g, u64::from(i), 0, &boxes[i as usize].0);
+                        prop_assert_eq!(joined == Joined::First, was_empty);
+                        member[i as usize] = true;
+                    }
+                    Op::Leave(i) => {
+                        let left = hub.leave(&g, u64::from(i));
+                        let was = member[i as usize];
+                        member[i as usize] = false;
+                        let now_empty = !member.iter().any(|m| *m);
+                        let want = match (was, now_empty) {
+                            (false, _) => Left::NotMember,
+                            (true, true) => Left::Last,
+                            (true, false) => Left::Remaining,
+                        };
+                        prop_assert_eq!(left, want);
+                    }
+                    Op::Deliver => {
+                        offset += 1;
+                        hub.deliver(&message(&g, offset));
+                        for (i, m) in member.iter().enumerate() {
+                            if *m {
+                                expected[i].push(offset);
+                            }
+                        }
                     }
                 }
+                prop_assert_eq!(hub.member_count(&g), member.iter().filter(|m| **m).count());
             }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), write_queued)
-            .await
-            .expect("queued frames written within 10 s");
-        let got = reader.await.unwrap();
-        assert!(got == frames.concat(), "bytes arrived out of order or torn");
+            for (i, (_, rx)) in boxes.iter_mut().enumerate() {
+                prop_assert_eq!(offsets(rx), expected[i].clone(), "member {}", i);
+            }
+        }
+    }
+
+    /// Joins and leaves from several threads while another delivers: members that stay
+    /// get every message once, in order; members that come and go get an increasing
+    /// subsequence (never a duplicate, never out of order).
+    #[test]
+    fn concurrent_joins_leaves_and_deliveries() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let g = GroupName::new("g").unwrap();
+        let stayers: Vec<_> = (0..20)
+            .map(|i| {
+                let (outbox, rx) = Outbox::new(Mode::Plain, 100_000, 1 << 30);
+                hub.join(&g, i, 0, &outbox);
+                rx
+            })
+            .collect();
+        const MESSAGES: u64 = 3000;
+        let churners: Vec<_> = (0..4u64)
+            .map(|t| {
+                let hub = hub.clone();
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    let mut receivers = Vec::new();
+                    for round in 0..300u64 {
+                        let id = 1000 + t * 1000 + round;
+                        let (outbox, rx) = Outbox::new(Mode::Plain, 100_000, 1 << 30);
+                        hub.join(&g, id, 0, &outbox);
+                        std::thread::yield_now();
+                        assert_eq!(hub.leave(&g, id), Left::Remaining);
+                        receivers.push(rx);
+                    }
+                    receivers
+                })
+            })
+            .collect();
+        for offset in 1..=MESSAGES {
+            hub.deliver(&message(&g, offset));
+        }
+        for churner in churners {
+            for mut rx in churner.join().unwrap() {
+                let got = offsets(&mut rx);
+                assert!(got.windows(2).all(|w| w[0] < w[1]), "increasing: {got:?}");
+            }
+        }
+        for mut rx in stayers {
+            assert_eq!(offsets(&mut rx), (1..=MESSAGES).collect::<Vec<_>>());
+        }
+        assert_eq!(hub.member_count(&g), 20);
+    }
+
+    #[test]
+    fn leaving_a_large_group_is_constant_time_and_keeps_the_index_true() {
+        let hub = Hub::new(Arc::default());
+        let g = GroupName::new("g").unwrap();
+        let boxes: Vec<_> = (0..10_000u64)
+            .map(|i| {
+                let (outbox, rx) = Outbox::new(Mode::Plain, 4, 1 << 20);
+                hub.join(&g, i, 0, &outbox);
+                rx
+            })
+            .collect();
+        // Leave in an order that moves entries around (swap_remove), then check that
+        // each remaining id still leaves exactly once.
+        for i in (0..10_000u64).step_by(3) {
+            assert_ne!(hub.leave(&g, i), Left::NotMember);
+        }
+        for i in (0..10_000u64).filter(|i| i % 3 != 0) {
+            assert_ne!(hub.leave(&g, i), Left::NotMember, "{i}");
+            assert_eq!(hub.leave(&g, i), Left::NotMember, "{i} twice");
+        }
+        assert!(!hub.has_members(&g));
+        drop(boxes);
     }
 }

@@ -8,17 +8,17 @@
 //! # Data flow
 //!
 //! ```text
-//! browser ──ws──▶ ws::gateway ──▶ connection task ◀── outbox (bounded) ◀── hub.deliver
+//! browser ──ws──▶ ws::gateway ──▶ connection task ◀── outbox (bounded) ◀── hub (members)
 //!                 (route, limits)  (reads, heartbeats,                        ▲
 //!                                   writes shared frames)                     │
-//! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ server::pump
+//! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ pump
 //!                                     ▲
 //! Django group_send ──▶ herald_django bridge (started by server, memberships kept by
 //!                       subscriptions)
 //! ```
 //!
 //! One shortcut: for a small group (≤ [`hub::INLINE_MAX_MEMBERS`] local members, e.g. one
-//! user's tabs) on a plain-mode connection over plain TCP, `hub.deliver` writes the frame
+//! user's tabs) on a plain-mode connection over plain TCP, the hub writes the frame
 //! to the socket itself when the connection's outbox is empty and its task is not
 //! writing, instead of waking the task; anything the socket does not take at once goes
 //! through the outbox as above.
@@ -28,11 +28,17 @@
 //! - [`server`]: [`run`], the accept loop and the graceful-shutdown order.
 //! - [`config`]: settings from TOML, `HERALD_*` variables and flags.
 //! - [`route`]: path patterns and the groups they yield.
-//! - [`ws`]: the upgrade gateway; [`connection`]: one task per WebSocket.
-//! - [`hub`]: node-local membership and fan-out; [`subscriptions`]: the task keeping the
-//!   layer subscribed to exactly the groups with local members.
+//! - `ws`: the upgrade gateway; [`connection`]: one task per WebSocket.
+//! - `pump`: the one task moving messages from the layer into the hub, in slices.
+//! - [`hub`]: node-local membership (sharded, copy-on-write member lists) and fan-out;
+//!   [`outbox`]: one connection's bounded frame queue and its direct-write path;
+//!   [`subscriptions`]: the task keeping the layer subscribed to exactly the groups with
+//!   local members.
 //! - [`api`]: `POST /api/publish`, health, readiness and metrics endpoints.
-//! - [`protocol`]: the `herald.v1` control frames; [`close`]: close codes.
+//! - [`protocol`]: message frames (plain and `herald.v1`) and the `herald.v1` control
+//!   frames; [`close`]: close codes.
+//! - `admin`: the `/admin/` dashboard; `http_limits`, `error_body`, `burst_log`: HTTP
+//!   connection caps, JSON bodies for hyper's own errors, log lines once per burst.
 //! - [`node_layer`]: the configured layer as one type; [`metrics`]: counters.
 //! - [`auth`]: connection tokens (HS256 JWT) and what they grant; [`client_ip`]: the
 //!   client address behind trusted proxies; [`tls`]: the rustls acceptor.
@@ -54,7 +60,9 @@ mod http_limits;
 pub mod hub;
 pub mod metrics;
 pub mod node_layer;
+pub mod outbox;
 pub mod protocol;
+mod pump;
 pub mod route;
 pub mod server;
 mod socket;

@@ -1,11 +1,12 @@
-//! The `herald.v1` control frames (DESIGN.md §4): parsing `hello`/`pong`, encoding
-//! `welcome`, `ping` and `goaway`.
+//! The wire frames: a message in plain mode (the payload as is) and in `herald.v1`
+//! (DESIGN.md §4: a header, then the payload), and the `herald.v1` control frames —
+//! parsing `hello`/`pong`, encoding `welcome`, `ping` and `goaway`.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use herald_core::{Epoch, GroupName, Position};
-use herald_ws::{OpCode, encode_frame};
+use herald_core::{Epoch, GroupName, Message, PayloadKind, Position};
+use herald_ws::{OpCode, encode_frame, encode_frame_parts};
 use serde::Deserialize;
 
 /// The subprotocol name clients offer in `Sec-WebSocket-Protocol`.
@@ -142,6 +143,33 @@ pub fn goaway(window_ms: u64) -> Bytes {
     )
 }
 
+/// The plain-mode frame: the payload byte for byte, as a text or binary frame.
+pub fn encode_plain(message: &Message) -> Bytes {
+    let opcode = match message.payload.kind() {
+        PayloadKind::Text => OpCode::Text,
+        PayloadKind::Binary => OpCode::Binary,
+    };
+    encode_frame(opcode, message.payload.data())
+}
+
+/// The `herald.v1` frame: `{"t":"m","s":group,"o":offset}\n<payload>` for text,
+/// `u32 BE header length | header | payload` for binary.
+pub fn encode_v1(message: &Message) -> Bytes {
+    // Group names are [A-Za-z0-9._-], so they need no JSON escaping.
+    let header = format!(
+        "{{\"t\":\"m\",\"s\":\"{}\",\"o\":{}}}",
+        message.group, message.offset
+    );
+    let payload = message.payload.data();
+    match message.payload.kind() {
+        PayloadKind::Text => encode_frame_parts(OpCode::Text, &[header.as_bytes(), b"\n", payload]),
+        PayloadKind::Binary => {
+            let len = (header.len() as u32).to_be_bytes();
+            encode_frame_parts(OpCode::Binary, &[&len, header.as_bytes(), payload])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +222,33 @@ mod tests {
         assert_eq!(parse_client_binary(&framed), Ok(ClientFrame::Pong));
         assert!(parse_client_binary(&[0, 0, 0, 99, b'{']).is_err());
         assert!(parse_client_binary(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn v1_frames() {
+        let g = GroupName::new("user.42").unwrap();
+        let text = encode_v1(&v1_message(&g, 18));
+        assert_eq!(&text[2..], b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":18}\nhi");
+        let mut m = v1_message(&g, 3);
+        m.payload = herald_core::Payload::binary(vec![0u8, 1, 2]);
+        let bin = encode_v1(&m);
+        assert_eq!(bin[0], 0x82);
+        let body = &bin[2..];
+        let hlen = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        assert_eq!(
+            &body[4..4 + hlen],
+            b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":3}"
+        );
+        assert_eq!(&body[4 + hlen..], &[0, 1, 2]);
+    }
+
+    fn v1_message(group: &GroupName, offset: u64) -> herald_core::Message {
+        herald_core::Message {
+            group: group.clone(),
+            offset,
+            epoch: Epoch::new("e"),
+            payload: herald_core::Payload::text("hi"),
+            received_at: None,
+        }
     }
 }

@@ -179,7 +179,7 @@ pub async fn serve(
         &background,
         stop_background.clone(),
     );
-    background.spawn(pump(
+    background.spawn(crate::pump::run(
         incoming,
         hub.clone(),
         metrics.clone(),
@@ -515,32 +515,6 @@ fn head_too_large<B>(req: &Request<B>) -> bool {
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     target + headers > MAX_HEAD_BYTES
-}
-
-/// Moves messages from the layer into the hub: the single delivery path.
-async fn pump(
-    mut incoming: Incoming,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    admin: Option<Arc<Admin>>,
-    stop: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        let n = tokio::select! {
-            _ = stop.cancelled() => break,
-            n = incoming.recv_many(&mut batch, 256) => n,
-        };
-        if n == 0 {
-            break;
-        }
-        Metrics::add(&metrics.messages_received, n as u64);
-        hub.deliver_all(&batch);
-        if let Some(admin) = &admin {
-            admin.count(&batch);
-        }
-        batch.clear();
-    }
 }
 
 async fn tick(tx: watch::Sender<()>, every: Duration, stop: CancellationToken) {

@@ -6,7 +6,7 @@
 //! one `write`. Writing from the delivering thread with a non-blocking `try_write` skips the
 //! wake-up, the task switch and the scheduler queues (per-user delivery needs ~30 % less
 //! CPU); whatever does not fit goes to the connection's outbox and its task as before (see
-//! `hub::Outbox::offer`). Large groups still go through the tasks: written inline, a
+//! `outbox::Outbox::offer`). Large groups still go through the tasks: written inline, a
 //! fan-out to thousands would serialize on one thread.
 //! tokio's own `TcpStream` needs `&mut` for its `AsyncRead`/`AsyncWrite`, so it cannot be
 //! both owned by hyper and reachable from the hub: this wrapper holds it in an `Arc` and

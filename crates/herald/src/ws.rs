@@ -18,8 +18,8 @@ use crate::client_ip;
 use crate::close;
 use crate::config::AuthMode;
 use crate::connection::{Connection, PendingAuth};
-use crate::hub::Mode;
 use crate::metrics::Metrics;
+use crate::outbox::Mode;
 use crate::protocol::SUBPROTOCOL;
 use crate::server::{AppState, DirectSocket, PeerAddr};
 
