@@ -1,13 +1,14 @@
-// The npm package as a user gets it: `npm pack` (which runs prepack and so generates the ESM and
-// CommonJS builds), then `npm install <tarball>` into a fresh project outside this directory, then
+// The npm package as a user gets it: `npm pack` in a copy of this directory as git has it (no
+// node_modules, no generated ESM/CommonJS builds: prepack must make them), then `npm install <tarball>` into a fresh project outside this directory, then
 // the package is imported from ESM, required from CommonJS and type-checked with the real tsc.
 // Everything runs offline: the tarball is local and has no dependencies.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, realpathSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, rmSync, writeFileSync, realpathSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, sep } from 'node:path';
+import { join, relative, sep } from 'node:path';
+import { GENERATED } from '../build.mjs';
 import { CLIENT_DIR } from './helpers/env.mjs';
 
 const NPM = process.platform === 'win32' ? 'npm.cmd' : 'npm';
@@ -23,7 +24,11 @@ function run(cmd, args, cwd) {
 
 before(() => {
   work = realpathSync(mkdtempSync(join(tmpdir(), 'herald-client-pack-')));
-  [packed] = JSON.parse(run(NPM, ['pack', '--json', '--silent', '--pack-destination', work], CLIENT_DIR));
+  const source = join(work, 'client');
+  const uncommitted = new Set(['node_modules', ...GENERATED.map((name) => join('dist', name))]);
+  cpSync(CLIENT_DIR, source, { recursive: true, filter: (path) => !uncommitted.has(relative(CLIENT_DIR, path)) });
+  for (const name of GENERATED) assert.ok(!existsSync(join(source, 'dist', name)));
+  [packed] = JSON.parse(run(NPM, ['pack', '--json', '--silent', '--pack-destination', work], source));
   app = join(work, 'app');
   run('mkdir', ['-p', app]);
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
