@@ -164,7 +164,20 @@ struct Nginx {
 
 impl Nginx {
     fn start(dir: &Path, upstream: SocketAddr) -> Self {
-        let port = free_port();
+        // The free port can be taken between asking and nginx's bind: try a few.
+        for _ in 0..3 {
+            if let Some(nginx) = Self::start_on(dir, upstream, free_port()) {
+                return nginx;
+            }
+        }
+        panic!(
+            "nginx could not bind a free port in 3 attempts:\n{}",
+            read_log(&dir.join("error.log"))
+        );
+    }
+
+    /// nginx listening on `port`, or `None` when that port was taken.
+    fn start_on(dir: &Path, upstream: SocketAddr, port: u16) -> Option<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let site = replace_once(
             &replace_once(
@@ -219,10 +232,11 @@ impl Nginx {
         let until = Instant::now() + DEADLINE;
         while TcpStream::connect(addr).is_err() {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!(
-                    "nginx exited with {status} before listening on {addr}:\n{}",
-                    read_log(&dir.join("error.log"))
-                );
+                let log = read_log(&dir.join("error.log"));
+                if log.contains(&format!("bind() to {addr} failed (98")) {
+                    return None;
+                }
+                panic!("nginx exited with {status} before listening on {addr}:\n{log}");
             }
             assert!(
                 Instant::now() < until,
@@ -230,11 +244,11 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
+        Some(Self {
             child,
             addr,
             dir: dir.to_path_buf(),
-        }
+        })
     }
 
     fn ws_url(&self, path: &str) -> String {
