@@ -1,11 +1,14 @@
 // Builds dist/ from src/reconnecting-websocket.js with no bundler: the source is one file whose
 // only module syntax is the export block at its end, so each format is that body plus a wrapper.
 //
-//   node build.mjs          write dist/rws.global.js, dist/rws.mjs, dist/rws.cjs
-//   node build.mjs --check  exit 1 if any dist file differs from what the source produces
+//   node build.mjs              write dist/rws.global.js, dist/rws.mjs, dist/rws.cjs
+//   node build.mjs --generated  write only the files that are not committed (rws.mjs, rws.cjs);
+//                               npm runs it before `npm pack` (prepack) and `npm test` (pretest)
+//   node build.mjs --check      exit 1 if a committed dist file differs from what the source produces
 //
-// dist/ is committed: the Rust server embeds dist/rws.global.js (include_str!) and serves it at
-// /herald.js, so building herald never needs node. test/dist.test.mjs fails when dist is stale.
+// Only dist/rws.global.js is committed: the Rust server embeds it (include_str!) and serves it at
+// /herald.js, so building herald never needs node. The ESM and CommonJS builds exist only in the
+// packed tarball and in a working copy after a build; git ignores them.
 
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -16,6 +19,10 @@ const EXPORT_MARKER = '// ---- exports (build.mjs rewrites everything below this
 
 export const SOURCE = join(here, 'src', 'reconnecting-websocket.js');
 export const OUTPUTS = ['rws.global.js', 'rws.mjs', 'rws.cjs'];
+/** Committed to git (the Rust build needs it without node); checked by --check. */
+export const COMMITTED = ['rws.global.js'];
+/** Generated on demand (prepack, pretest), never committed. */
+export const GENERATED = OUTPUTS.filter((name) => !COMMITTED.includes(name));
 
 function indent(text) {
   return text
@@ -75,11 +82,12 @@ export function renderFromDisk() {
   return render(readFileSync(SOURCE, 'utf8'), pkg.version);
 }
 
+// Status lines go to stderr: under `npm pack --json` (prepack) stdout must hold only npm's JSON.
 function main() {
   const files = renderFromDisk();
   const dist = join(here, 'dist');
   if (process.argv.includes('--check')) {
-    const stale = OUTPUTS.filter((name) => {
+    const stale = COMMITTED.filter((name) => {
       try {
         return readFileSync(join(dist, name), 'utf8') !== files[name];
       } catch (err) {
@@ -90,12 +98,13 @@ function main() {
       console.error(`stale: ${stale.map((n) => 'dist/' + n).join(', ')}; run: npm run build`);
       process.exit(1);
     }
-    console.log('dist is up to date');
+    console.error(`${COMMITTED.map((n) => 'dist/' + n).join(', ')} up to date`);
     return;
   }
+  const names = process.argv.includes('--generated') ? GENERATED : OUTPUTS;
   mkdirSync(dist, { recursive: true });
-  for (const name of OUTPUTS) writeFileSync(join(dist, name), files[name]);
-  console.log(`wrote ${OUTPUTS.map((n) => 'dist/' + n).join(', ')}`);
+  for (const name of names) writeFileSync(join(dist, name), files[name]);
+  console.error(`wrote ${names.map((n) => 'dist/' + n).join(', ')}`);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) main();

@@ -61,6 +61,52 @@ impl WsClient {
         Ok(Self { stream })
     }
 
+    /// Connects to `url` (whose host must be an IP address) from the local address `local`
+    /// (e.g. 127.0.0.7: any 127/8 address is loopback on Linux), with extra request headers.
+    /// Tests behind a proxy use it to be told apart by their address.
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut request = url.into_client_request().context("building the request")?;
+        for (name, value) in headers {
+            request.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())?,
+                HeaderValue::from_str(value)?,
+            );
+        }
+        let uri = request.uri();
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow!("{url} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let ip: std::net::IpAddr = host
+            .parse()
+            .with_context(|| format!("{url}: the host must be an IP address"))?;
+        let remote = std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
+        let socket = if remote.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket
+            .bind(std::net::SocketAddr::new(local, 0))
+            .with_context(|| format!("binding to {local}"))?;
+        let handshake = async {
+            let tcp = socket.connect(remote).await?;
+            let (stream, _response) =
+                tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await?;
+            anyhow::Ok(stream)
+        };
+        let stream = tokio::time::timeout(RECV_TIMEOUT, handshake)
+            .await
+            .map_err(|_| anyhow!("connect to {url} from {local} timed out"))?
+            .with_context(|| format!("connecting to {url} from {local}"))?;
+        Ok(Self { stream })
+    }
+
     /// The next data frame or close within `deadline`; pings are answered and skipped.
     /// `None` when the deadline passes.
     pub async fn recv_within(&mut self, deadline: Duration) -> Result<Option<Received>> {
