@@ -120,7 +120,11 @@ mod tests {
         let seen_by_join = join.await.unwrap();
         fan_out.await.unwrap();
         assert_eq!(seen_by_join, 0, "the join ran during the fan-out");
-        assert_eq!(sliced.load(Ordering::SeqCst), FANOUT_SLICE * 4, "everyone got it");
+        assert_eq!(
+            sliced.load(Ordering::SeqCst),
+            FANOUT_SLICE * 4,
+            "everyone got it"
+        );
         for mut rx in receivers {
             assert_eq!(rx.try_recv().map(|f| f.offset), Ok(1));
         }
