@@ -63,6 +63,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The Django Channels bridge (channels_redis wire format). Off by default.
     pub django: herald_django::DjangoConfig,
+    /// The connect hook asked by routes with `auth = "hook"` (DESIGN.md §11).
+    pub hook: HookConfig,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             django: herald_django::DjangoConfig::default(),
+            hook: HookConfig::default(),
         }
     }
 }
@@ -91,9 +94,13 @@ pub struct RouteConfig {
     pub path: String,
     /// Group templates joined on connect, e.g. `user.{user_id}`.
     pub groups: Vec<String>,
-    /// `none` (default) or `token`.
+    /// `none` (default), `token` or `hook`.
     #[serde(default)]
     pub auth: AuthMode,
+    /// With `auth = "hook"`: patterns (`team.*`, exact names) of the groups the hook's
+    /// answer may name besides the route's own. Default: none.
+    #[serde(default)]
+    pub hook_groups: Vec<String>,
     /// The path parameter a token's `sub` stands for (default grant). Default: the
     /// path's first parameter.
     #[serde(default)]
@@ -111,6 +118,7 @@ impl RouteConfig {
             path: "/message/{user_id}/stream/".into(),
             groups: vec!["user.{user_id}".into()],
             auth: AuthMode::None,
+            hook_groups: Vec::new(),
             sub_param: None,
             origins: Vec::new(),
         }
@@ -126,6 +134,92 @@ pub enum AuthMode {
     None,
     /// A signed connection token is required.
     Token,
+    /// The application's connect hook decides (`[hook]`, DESIGN.md §11).
+    Hook,
+}
+
+/// `[hook]`: the HTTP endpoint asked whether a connection on an `auth = "hook"` route may
+/// open (DESIGN.md §11). Plain `http://` only: run the hook on the loopback or a private
+/// network.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookConfig {
+    /// `http://host:port/path` the connect request is POSTed to. Required when a route
+    /// uses `auth = "hook"`.
+    pub url: Option<String>,
+    /// Request headers forwarded to the hook (lowercase names); nothing else is.
+    /// Default `["cookie", "authorization"]`.
+    pub forward_headers: Vec<String>,
+    /// Deadline of one hook request, connect to last body byte; past it the connection is
+    /// closed with 1013. Default `2s`.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long a decision is reused for the same forwarded headers, origin and path.
+    /// `0s` turns the cache off (concurrent asks still share one request). Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// How often an open connection is asked about again; a refusal closes it with 4003.
+    /// Default `5m`.
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Most decisions cached (and requests in flight shared). Default 10000.
+    pub cache_entries: usize,
+    /// Most bytes of cached decisions. Default 8 MiB.
+    pub cache_bytes: usize,
+}
+
+impl HookConfig {
+    /// Checks the URL (plain `http://` with a host), the header names and the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            crate::hook::Endpoint::parse(url).map_err(|e| ConfigError::new("hook.url", e))?;
+        }
+        for (i, name) in self.forward_headers.iter().enumerate() {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    format!("hook.forward_headers[{i}]"),
+                    "must be a lowercase header name like \"cookie\"",
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new("hook.timeout", "must be longer than 0s"));
+        }
+        if self.refresh.is_zero() {
+            return Err(ConfigError::new("hook.refresh", "must be longer than 0s"));
+        }
+        if self.cache_entries == 0 {
+            return Err(ConfigError::new(
+                "hook.cache_entries",
+                "must be greater than 0",
+            ));
+        }
+        if self.cache_bytes == 0 {
+            return Err(ConfigError::new(
+                "hook.cache_bytes",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            forward_headers: vec!["cookie".into(), "authorization".into()],
+            timeout: Duration::from_secs(2),
+            cache_ttl: Duration::from_secs(30),
+            refresh: Duration::from_secs(300),
+            cache_entries: 10_000,
+            cache_bytes: 8 << 20,
+        }
+    }
 }
 
 /// `[layer]`.
@@ -395,6 +489,7 @@ const SECTIONS: &[&str] = &[
     "django",
     "auth",
     "tls",
+    "hook",
 ];
 
 impl Config {
@@ -510,6 +605,12 @@ impl Config {
                     ),
                 ));
             }
+            if route.auth == AuthMode::Hook && self.hook.url.is_none() {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].auth"),
+                    "\"hook\" needs hook.url",
+                ));
+            }
             if route.auth == AuthMode::Token && secrets.is_empty() {
                 return Err(ConfigError::new(
                     format!("routes[{i}].auth"),
@@ -517,6 +618,7 @@ impl Config {
                 ));
             }
         }
+        self.hook.validate()?;
         if self.tls.is_enabled() {
             crate::tls::acceptor(&self.tls)?;
         }

@@ -47,6 +47,7 @@ pub mod client_ip;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod hook;
 pub mod hub;
 pub mod metrics;
 pub mod node_layer;

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub auth_refusals: AtomicU64,
     /// Connections closed with 4003 because their token expired while open.
     pub tokens_expired: AtomicU64,
+    /// The connect hook's requests, cache and refreshes.
+    pub hook: crate::hook::HookStats,
 }
 
 impl Metrics {
@@ -138,6 +140,7 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        self.hook.render(&mut out);
         for (name, help, value) in extra {
             let kind = if name.ends_with("_total") {
                 "counter"

@@ -88,6 +88,8 @@ pub(crate) struct AppState {
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// The Django bridge, when `[django] enabled`.
     pub(crate) django: Option<herald_django::DjangoBridge>,
+    /// The connect hook, when `[hook] url` is set.
+    pub(crate) hook: Option<crate::hook::Hook>,
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -167,6 +169,8 @@ pub async fn serve(
     } else {
         None
     };
+    let hook = crate::hook::Hook::new(&config.hook, metrics.clone())
+        .map_err(|e| crate::config::ConfigError::new("hook.url", e))?;
     let drain = config.shutdown.drain_timeout;
     let handshake_timeout = config.limits.handshake_timeout;
     let state = Arc::new(AppState {
@@ -186,6 +190,7 @@ pub async fn serve(
         auth,
         per_ip: Mutex::new(HashMap::new()),
         django: django.clone(),
+        hook,
     });
     let router = router(state.clone());
 
