@@ -51,6 +51,8 @@ pub struct Config {
     pub history: HistorySection,
     /// The publish API.
     pub api: ApiConfig,
+    /// Publishing: the idempotency window.
+    pub publish: PublishConfig,
     /// Bounds on connections, frames and queues.
     pub limits: Limits,
     /// Keep-alive of WebSocket connections.
@@ -75,6 +77,7 @@ impl Default for Config {
             layer: LayerConfig::default(),
             history: HistorySection::default(),
             api: ApiConfig::default(),
+            publish: PublishConfig::default(),
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
             shutdown: ShutdownConfig::default(),
@@ -285,6 +288,24 @@ pub struct ApiConfig {
     pub keys: BTreeMap<String, String>,
 }
 
+/// `[publish]`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// How long an `idempotency_key` is remembered per group: a retry within it
+    /// publishes nothing and answers the first offset. Default `5m`.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
 /// `[limits]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -483,6 +504,7 @@ const SECTIONS: &[&str] = &[
     "layer",
     "history",
     "api",
+    "publish",
     "limits",
     "heartbeat",
     "shutdown",
@@ -553,6 +575,10 @@ impl Config {
             ("heartbeat.timeout", self.heartbeat.timeout),
             ("limits.handshake_timeout", self.limits.handshake_timeout),
             ("history.ttl", self.history.ttl),
+            (
+                "publish.idempotency_window",
+                self.publish.idempotency_window,
+            ),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub auth_refusals: AtomicU64,
     /// Connections closed with 4003 because their token expired while open.
     pub tokens_expired: AtomicU64,
+    /// Keyed publishes that were retries: nothing published, first offset answered.
+    pub publish_duplicates: AtomicU64,
     /// The connect hook's requests, cache and refreshes.
     pub hook: crate::hook::HookStats,
 }
@@ -91,6 +93,11 @@ impl Metrics {
                 "herald_publish_failures_total",
                 "Publishes refused because the layer was unavailable.",
                 &self.publish_failures,
+            ),
+            (
+                "herald_publish_duplicates_total",
+                "Publishes with an idempotency key already used (nothing published).",
+                &self.publish_duplicates,
             ),
             (
                 "herald_messages_received_total",
