@@ -142,6 +142,9 @@ pub struct Ask {
     body: Bytes,
     /// SHA-256 of path, origin and the forwarded headers.
     key: [u8; 32],
+    /// The forwarded headers again, sent as request headers too, so the application's own
+    /// middleware (Django's sessions) reads them as usual.
+    headers: Vec<(header::HeaderName, header::HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -334,7 +337,13 @@ impl Hook {
         hasher.update(origin.unwrap_or("").as_bytes());
         hasher.update([0]);
         let mut forwarded = BTreeMap::new();
+        let mut raw = Vec::new();
         for name in &self.config.forward_headers {
+            if let Ok(header_name) = header::HeaderName::from_bytes(name.as_bytes()) {
+                for value in headers.get_all(&header_name) {
+                    raw.push((header_name.clone(), value.clone()));
+                }
+            }
             let values: Vec<String> = headers
                 .get_all(name.as_str())
                 .iter()
@@ -370,6 +379,7 @@ impl Hook {
         Ask {
             body: Bytes::from(body),
             key: hasher.finalize().into(),
+            headers: raw,
         }
     }
 
@@ -502,7 +512,7 @@ impl Hook {
             key: ask.key,
             armed: shared,
         };
-        let outcome = self.call(&ask.body).await;
+        let outcome = self.call(ask).await;
         self.stats.hook.count(&outcome);
         if let Err(e) = &outcome {
             self.log_error(*e);
@@ -610,14 +620,14 @@ impl Hook {
     }
 
     /// One HTTP exchange under the total deadline.
-    async fn call(&self, body: &Bytes) -> Result<Decision, HookError> {
-        match timeout(self.config.timeout, self.exchange(body.clone())).await {
+    async fn call(&self, ask: &Ask) -> Result<Decision, HookError> {
+        match timeout(self.config.timeout, self.exchange(ask)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(HookError::Timeout),
         }
     }
 
-    async fn exchange(&self, body: Bytes) -> Result<Decision, HookError> {
+    async fn exchange(&self, ask: &Ask) -> Result<Decision, HookError> {
         let stream = TcpStream::connect(&self.endpoint.address)
             .await
             .map_err(|_| HookError::Unreachable)?;
@@ -626,13 +636,16 @@ impl Hook {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| HookError::Unreachable)?;
-        let request = Request::post(self.endpoint.uri.clone())
+        let mut request = Request::post(self.endpoint.uri.clone())
             .header(header::HOST, self.endpoint.authority.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, "herald-connect-hook")
             .header(header::CONNECTION, "close")
-            .body(Full::new(body))
+            .body(Full::new(ask.body.clone()))
             .map_err(|_| HookError::Malformed)?;
+        for (name, value) in &ask.headers {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
         let exchange = async move {
             let response = sender
                 .send_request(request)

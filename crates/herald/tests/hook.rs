@@ -46,6 +46,8 @@ struct Hook {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
     asks: Arc<Mutex<Vec<Value>>>,
+    /// Request heads, lowercased.
+    heads: Arc<Mutex<Vec<String>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     task: Option<JoinHandle<()>>,
 }
@@ -56,6 +58,7 @@ impl Hook {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             calls: Arc::default(),
             asks: Arc::default(),
+            heads: Arc::default(),
             behaviour: Arc::new(Mutex::new(Arc::new(behaviour))),
             task: None,
         };
@@ -70,17 +73,23 @@ impl Hook {
         socket.bind(self.addr).expect("bind hook");
         let listener = socket.listen(1024).expect("listen");
         self.addr = listener.local_addr().expect("addr");
-        let (calls, asks, behaviour) = (
+        let (calls, asks, behaviour, heads) = (
             self.calls.clone(),
             self.asks.clone(),
             self.behaviour.clone(),
+            self.heads.clone(),
         );
         self.task = Some(tokio::spawn(async move {
             // Owns every request task: aborting the accept task ends them all.
             let mut requests = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                let (calls, asks, behaviour) = (calls.clone(), asks.clone(), behaviour.clone());
-                requests.spawn(serve_one(stream, calls, asks, behaviour));
+                let (calls, asks, behaviour, heads) = (
+                    calls.clone(),
+                    asks.clone(),
+                    behaviour.clone(),
+                    heads.clone(),
+                );
+                requests.spawn(serve_one(stream, calls, asks, behaviour, heads));
                 while requests.try_join_next().is_some() {}
             }
         }));
@@ -124,6 +133,7 @@ async fn serve_one(
     calls: Arc<AtomicUsize>,
     asks: Arc<Mutex<Vec<Value>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    heads: Arc<Mutex<Vec<String>>>,
 ) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -137,6 +147,7 @@ async fn serve_one(
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            heads.lock().expect("lock").push(head.clone());
             let length = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
@@ -305,6 +316,10 @@ async fn allowed_connection_receives_and_the_hook_sees_only_forwarded_headers() 
     assert_eq!(ask["headers"], json!({"cookie": COOKIE_42}));
     assert_eq!(ask["client_ip"], "127.0.0.1");
     assert_eq!(ask["origin"], "http://app.test");
+    // Also as request headers, for the application's own middleware.
+    let head = hook.heads.lock().expect("lock")[0].clone();
+    assert!(head.contains("cookie: sessionid=alice-42"), "{head}");
+    assert!(!head.contains("x-secret"), "{head}");
     let text = metrics(&server).await;
     assert_eq!(
         metric_line(&text, "herald_hook_requests_total{result=\"allow\"}"),
