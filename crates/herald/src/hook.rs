@@ -49,6 +49,8 @@ pub struct Endpoint {
     address: String,
     /// `host[:port]` as written, for the `Host` header.
     authority: String,
+    /// `/path?query`: the request target (origin form, as servers expect from clients).
+    target: Uri,
 }
 
 impl Endpoint {
@@ -72,7 +74,13 @@ impl Endpoint {
             .ok_or("must name a host: http://host:port/path")?
             .clone();
         let port = authority.port_u16().unwrap_or(80);
+        let target = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| format!("bad path ({e})"))?;
         Ok(Self {
+            target,
             address: format!("{}:{port}", authority.host()),
             authority: authority.to_string(),
             uri,
@@ -636,7 +644,7 @@ impl Hook {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| HookError::Unreachable)?;
-        let mut request = Request::post(self.endpoint.uri.clone())
+        let mut request = Request::post(self.endpoint.target.clone())
             .header(header::HOST, self.endpoint.authority.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, "herald-connect-hook")

@@ -318,6 +318,7 @@ async fn allowed_connection_receives_and_the_hook_sees_only_forwarded_headers() 
     assert_eq!(ask["origin"], "http://app.test");
     // Also as request headers, for the application's own middleware.
     let head = hook.heads.lock().expect("lock")[0].clone();
+    assert!(head.starts_with("post /herald/connect/ http/1.1"), "{head}");
     assert!(head.contains("cookie: sessionid=alice-42"), "{head}");
     assert!(!head.contains("x-secret"), "{head}");
     let text = metrics(&server).await;
