@@ -23,6 +23,17 @@ def page(request):
     return render(request, "seed/stream.html", {"user": PageUser(user_id)})
 
 
+def dev_page(request):
+    """Development layout: herald on another port of the same host; only the WebSocket URL
+    of the page differs (cookies are per host, not per port)."""
+    user_id = str(request.user.pk) if request.user.is_authenticated else "0"
+    return render(
+        request,
+        "seed/stream_dev.html",
+        {"user": PageUser(user_id), "herald_host": os.environ["HERALD_E2E_HERALD_HOST"]},
+    )
+
+
 @csrf_exempt
 def logout_now(request):
     logout(request)
@@ -37,6 +48,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view()),
     path("logout-now/", logout_now),
     path("page/", page),
+    path("dev-page/", dev_page),
     path("static/reconnecting-websocket.min.js", library),
     path("herald/", include("django_herald.urls")),
 ]

@@ -171,8 +171,11 @@ User.objects.create_user(id=42, username="alice", password="alice-pw-42")
 User.objects.create_user(id=43, username="bob", password="bob-pw-43")`,
   ]);
   djangoPort = await freePort();
+  const heraldPort = await freePort();
+  // The development page names herald's address; Django learns it before starting.
+  djangoEnv.HERALD_E2E_HERALD_HOST = `127.0.0.1:${heraldPort}`;
   django = await startDjango(djangoPort);
-  herald = await startHerald(0, {}, { config: heraldConfig(djangoPort) });
+  herald = await startHerald(heraldPort, {}, { config: heraldConfig(djangoPort) });
   const sitePort = await freePort();
   nginx = await startNginx(sitePort, herald.addr, djangoPort);
   site = `http://127.0.0.1:${sitePort}`;
@@ -261,4 +264,28 @@ test('logging out while connected closes the stream with 4003 within the refresh
   // refresh (2 s) + cache_ttl (1 s), with room for a slow machine.
   await until(async () => (await seen(alice)).closes.length > closesBefore, 15000, 'a close after logout');
   assert.equal((await seen(alice)).closes[closesBefore], 4003);
+});
+
+test('development layout: Django and herald on two ports of one host, the session cookie still reaches herald', async () => {
+  // Log in on Django's own port (no nginx): the cookie is for 127.0.0.1, any port.
+  const page = await browser.context.newPage();
+  try {
+    await page.goto(`http://127.0.0.1:${djangoPort}/login/`, { timeout: 15000 });
+    await page.fill('#id_username', 'bob');
+    await page.fill('#id_password', 'bob-pw-43');
+    await Promise.all([page.waitForURL(`http://127.0.0.1:${djangoPort}/page/`, { timeout: 15000 }), page.click('button[type=submit]')]);
+    await page.goto(`http://127.0.0.1:${djangoPort}/dev-page/`, { timeout: 15000 });
+    let n = 0;
+    await until(
+      async () => {
+        await publish(herald.addr, 'user.43', `{"dev":${++n}}`);
+        return (await seen(page)).messages.some((m) => m.startsWith('{"dev":'));
+      },
+      15000,
+      "bob's page on Django's port receives from herald's port"
+    );
+    assert.ok(!(await seen(page)).closes.includes(4501), 'the session cookie reached herald');
+  } finally {
+    await page.close();
+  }
 });
