@@ -908,6 +908,71 @@ mod tests {
         ));
     }
 
+    fn hook_with(entries: usize, bytes: usize) -> Hook {
+        let config = HookConfig {
+            url: Some("http://127.0.0.1:9/".into()),
+            cache_entries: entries,
+            cache_bytes: bytes,
+            ..HookConfig::default()
+        };
+        Hook::new(&config, Arc::default())
+            .expect("valid")
+            .expect("configured")
+    }
+
+    fn allow_with_groups(n: usize) -> Decision {
+        Decision::Allow(Arc::new(Allow {
+            sub: Some("42".into()),
+            groups: Some(
+                (0..n)
+                    .map(|i| GroupName::new(&format!("team.{i}")).expect("group"))
+                    .collect(),
+            ),
+            expires_in: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_by_entries() {
+        let hook = hook_with(3, 1 << 20);
+        let mut cache = hook.lock_cache();
+        for i in 0..10u8 {
+            hook.store(&mut cache, [i; 32], &Decision::Forbidden);
+        }
+        assert_eq!(cache.slots.len(), 3);
+        drop(cache);
+        assert_eq!(hook.stats.hook.cache_full.load(Ordering::Relaxed), 7);
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_by_bytes() {
+        let big = allow_with_groups(50);
+        let size = decision_bytes(&big);
+        let hook = hook_with(1000, size * 2 + 1);
+        let mut cache = hook.lock_cache();
+        for i in 0..5u8 {
+            hook.store(&mut cache, [i; 32], &big);
+        }
+        assert_eq!(cache.slots.len(), 2);
+        assert!(cache.bytes <= size * 2 + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_decisions_make_room() {
+        let hook = hook_with(2, 1 << 20);
+        {
+            let mut cache = hook.lock_cache();
+            hook.store(&mut cache, [1; 32], &Decision::Forbidden);
+            hook.store(&mut cache, [2; 32], &Decision::Forbidden);
+        }
+        // Past cache_ttl (30 s) and the sweep interval, a new decision fits again.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let mut cache = hook.lock_cache();
+        hook.store(&mut cache, [3; 32], &Decision::Forbidden);
+        assert_eq!(cache.slots.len(), 1);
+        assert!(cache.slots.contains_key(&[3; 32]));
+    }
+
     #[test]
     fn endpoint_is_plain_http() {
         assert!(Endpoint::parse("http://127.0.0.1:8001/herald/connect/").is_ok());
