@@ -23,6 +23,12 @@ def page(request):
     return render(request, "seed/stream.html", {"user": PageUser(user_id)})
 
 
+def page_v1(request):
+    """The seed's page with only the script src switched to herald's client (/herald.js)."""
+    user_id = str(request.user.pk) if request.user.is_authenticated else "0"
+    return render(request, "seed/stream_v1.html", {"user": PageUser(user_id)})
+
+
 def dev_page(request):
     """Development layout: herald on another port of the same host; only the WebSocket URL
     of the page differs (cookies are per host, not per port)."""
@@ -49,6 +55,7 @@ urlpatterns = [
     path("logout-now/", logout_now),
     path("page/", page),
     path("dev-page/", dev_page),
+    path("page-v1/", page_v1),
     path("static/reconnecting-websocket.min.js", library),
     path("herald/", include("django_herald.urls")),
 ]

@@ -90,6 +90,9 @@ http {
       proxy_set_header Host $http_host;
       proxy_read_timeout 1h;
     }
+    location = /herald.js {
+      proxy_pass http://${heraldAddr};
+    }
     location / {
       proxy_pass http://127.0.0.1:${djangoPort};
       proxy_set_header Host $http_host;
@@ -255,6 +258,49 @@ test('hook down → 1013 and the page keeps retrying; hook back → the page con
   const after = await seen(alice);
   assert.ok(after.opens > before.opens);
   assert.equal(after.closes.at(-1), 1013, 'the last refusal before reconnecting was 1013');
+});
+
+test('herald client (/herald.js): hook down → 1013 while reconnecting; hook back → resumes without loss', async () => {
+  const page = await browser.context.newPage();
+  try {
+    await page.goto(`${site}/page-v1/`, { timeout: 15000 });
+    assert.equal(await page.evaluate(() => typeof socket.refresh), 'function', 'the herald client is loaded');
+    let n = 0;
+    await until(
+      async () => {
+        await publish(herald.addr, 'user.42', `{"v1":${++n}}`);
+        return (await seen(page)).messages.some((m) => m.includes('{"v1":'));
+      },
+      15000,
+      'the herald client connects and receives'
+    );
+    assert.equal(await page.evaluate(() => socket.protocol), 'herald.v1');
+    await django.stop();
+    django = null;
+    const closesBefore = (await seen(page)).closes.length;
+    // The client reconnects (as after a network change) while the hook is down. Within
+    // cache_ttl the cached decision still admits it; once that expired, the hook's outage
+    // answers 1013.
+    await until(
+      async () => {
+        if ((await seen(page)).closes.slice(closesBefore).includes(1013)) return true;
+        await page.evaluate(() => socket.readyState === 1 && socket.refresh());
+        return false;
+      },
+      15000,
+      'a 1013 while the hook is down'
+    );
+    for (const k of ['a', 'b', 'c']) await publish(herald.addr, 'user.42', `{"missed":"${k}"}`);
+    django = await startDjango(djangoPort);
+    await until(async () => (await seen(page)).messages.some((m) => m.includes('"missed":"c"')), 30000, 'the missed messages after the hook is back');
+    // herald.v1 text frames are a header line, then the payload: find the three in order, once each.
+    const missed = (await seen(page)).messages.filter((m) => m.includes('"missed"'));
+    assert.equal(missed.length, 3, `each missed message once: ${missed}`);
+    assert.ok(missed[0].includes('"a"') && missed[1].includes('"b"') && missed[2].includes('"c"'), `in order: ${missed}`);
+  } finally {
+    await page.close();
+    if (!django) django = await startDjango(djangoPort);
+  }
 });
 
 test('logging out while connected closes the stream with 4003 within the refresh', async () => {
