@@ -150,6 +150,8 @@ pub struct Ask {
     body: Bytes,
     /// SHA-256 of path, origin and the forwarded headers.
     key: [u8; 32],
+    /// The route's own groups for this path (what an answer without `groups` grants).
+    route_groups: Vec<GroupName>,
     /// The forwarded headers again, sent as request headers too, so the application's own
     /// middleware (Django's sessions) reads them as usual.
     headers: Vec<(header::HeaderName, header::HeaderValue)>,
@@ -388,6 +390,7 @@ impl Hook {
             body: Bytes::from(body),
             key: hasher.finalize().into(),
             headers: raw,
+            route_groups: groups.to_vec(),
         }
     }
 
@@ -437,8 +440,7 @@ impl Hook {
     ) -> Result<Instant, &'static str> {
         let refused = match self.decide(ask).await {
             Ok(Decision::Allow(allow)) => {
-                let route_groups = route_groups_of(route, ask);
-                match granted_groups(&allow, route, &route_groups, max_groups) {
+                match granted_groups(&allow, route, &ask.route_groups, max_groups) {
                     Ok(now) if same_set(&now, groups) => return Ok(self.next_refresh(&allow)),
                     Ok(_) => "memberships changed: reconnect",
                     Err(_) => "refused by the connect hook",
@@ -736,24 +738,6 @@ fn decision_bytes(decision: &Decision) -> usize {
         }
         _ => base,
     }
-}
-
-/// The route's groups recorded in the ask's body (for refreshes).
-fn route_groups_of(route: &Route, ask: &Ask) -> Vec<GroupName> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        params: BTreeMap<String, String>,
-    }
-    let values: Vec<String> = serde_json::from_slice::<Body>(&ask.body)
-        .map(|b| {
-            route
-                .params()
-                .iter()
-                .map(|p| b.params.get(p).cloned().unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default();
-    route.groups_for(&values).unwrap_or_default()
 }
 
 fn same_set(a: &[GroupName], b: &[GroupName]) -> bool {
