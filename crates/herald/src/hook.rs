@@ -486,7 +486,7 @@ impl Hook {
             };
             if let Some(mut rx) = waiting {
                 let wait = timeout(
-                    self.config.timeout + Duration::from_millis(500),
+                    self.config.timeout.saturating_add(Duration::from_millis(500)),
                     rx.wait_for(Option::is_some),
                 )
                 .await;
