@@ -470,8 +470,10 @@ impl Hook {
         // A request in flight whose owner went away (its upgrade was dropped) is retried
         // by a waiter, at most this many times.
         for _ in 0..3 {
+            // Looking up and claiming the key happen under one lock: of concurrent asks
+            // with the same key exactly one leads, the others wait for its outcome.
             let waiting = {
-                let cache = self.lock_cache();
+                let mut cache = self.lock_cache();
                 let now = Instant::now();
                 match cache.slots.get(&ask.key) {
                     Some(Slot::Ready {
@@ -480,42 +482,52 @@ impl Hook {
                         self.stats.hook.cache_hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(decision.clone());
                     }
-                    Some(Slot::Pending(rx)) => Some(rx.clone()),
-                    _ => None,
+                    Some(Slot::Pending(rx)) => Ok(rx.clone()),
+                    _ => {
+                        let (tx, rx) = watch::channel(None);
+                        // Without room the request is not shared (still bounded: each
+                        // upgrade holds a connection slot while it asks).
+                        remove_slot(&mut cache, &ask.key);
+                        let shared = self.make_room(&mut cache, 0);
+                        if shared {
+                            cache.slots.insert(ask.key, Slot::Pending(rx));
+                        }
+                        Err((tx, shared))
+                    }
                 }
             };
-            if let Some(mut rx) = waiting {
-                let wait = timeout(
-                    self.config.timeout.saturating_add(Duration::from_millis(500)),
-                    rx.wait_for(Option::is_some),
-                )
-                .await;
-                match wait {
-                    Ok(Ok(outcome)) => {
-                        self.stats.hook.cache_hits.fetch_add(1, Ordering::Relaxed);
-                        return outcome.clone().unwrap_or(Err(HookError::Unreachable));
-                    }
-                    Ok(Err(_)) => continue,
-                    Err(_) => return Err(HookError::Timeout),
+            let mut rx = match waiting {
+                Ok(rx) => rx,
+                Err((tx, shared)) => return self.lead(ask, tx, shared).await,
+            };
+            let wait = timeout(
+                self.config
+                    .timeout
+                    .saturating_add(Duration::from_millis(500)),
+                rx.wait_for(Option::is_some),
+            )
+            .await;
+            match wait {
+                Ok(Ok(outcome)) => {
+                    self.stats.hook.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return outcome.clone().unwrap_or(Err(HookError::Unreachable));
                 }
+                // The leader went away without an outcome: try again (maybe as leader).
+                Ok(Err(_)) => continue,
+                Err(_) => return Err(HookError::Timeout),
             }
-            return self.lead(ask).await;
         }
         Err(HookError::Unreachable)
     }
 
-    /// Asks the hook for `ask`, sharing the request with concurrent asks of the same key.
-    async fn lead(&self, ask: &Ask) -> Result<Decision, HookError> {
-        let (tx, rx) = watch::channel(None);
-        let shared = {
-            let mut cache = self.lock_cache();
-            let room = self.make_room(&mut cache, 0);
-            if room {
-                remove_slot(&mut cache, &ask.key);
-                cache.slots.insert(ask.key, Slot::Pending(rx));
-            }
-            room
-        };
+    /// Asks the hook for `ask`; with `shared`, the key's pending slot (claimed by
+    /// [`Hook::decide`]) lets concurrent asks wait for this outcome through `tx`.
+    async fn lead(
+        &self,
+        ask: &Ask,
+        tx: watch::Sender<Option<Result<Decision, HookError>>>,
+        shared: bool,
+    ) -> Result<Decision, HookError> {
         // Removes the pending slot if this future is dropped before it finishes.
         let mut guard = PendingGuard {
             hook: self,
