@@ -83,6 +83,8 @@ pub(crate) struct HookSession {
     pub(crate) route: usize,
     /// When to ask first.
     pub(crate) refresh_at: Instant,
+    /// Who the hook said the connection is (its answer's `sub`), for the logs.
+    pub(crate) sub: Option<String>,
 }
 
 /// Re-asks the hook every refresh period (or at the answer's `expires_in`) until it
@@ -352,6 +354,7 @@ impl Connection {
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
         // The hook's refreshes run inside this task's select (no spawn), so an answer
         // that takes `hook.timeout` never delays the connection's frames.
+        let session_sub = self.hook.as_ref().and_then(|s| s.sub.clone());
         let mut refresh = self.hook.take().map(|session| {
             Box::pin(refresh_until_refused(
                 self.state.clone(),
@@ -381,7 +384,8 @@ impl Connection {
                     return End::Close(close::TOKEN_EXPIRED, "token expired");
                 }
                 reason = async { match refresh.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if refresh.is_some() => {
-                    tracing::debug!(conn_id = self.id, reason, "connect hook refused on refresh");
+                    let sub = session_sub.as_deref();
+                    tracing::debug!(conn_id = self.id, sub, reason, "connect hook refused on refresh");
                     return End::Close(close::TOKEN_EXPIRED, reason);
                 }
                 _ = &mut cancelled => {

@@ -183,6 +183,7 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                             ask: admitted.ask,
                             route: route_index,
                             refresh_at: admitted.refresh_at,
+                            sub: admitted.sub,
                         }));
                     }
                     if mode == Mode::Plain {
