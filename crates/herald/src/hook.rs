@@ -771,6 +771,11 @@ fn granted_groups(
         code: close::FORBIDDEN,
         reason,
     };
+    // Checked first, so a hostile answer naming thousands of groups costs no more than
+    // `max_groups` pattern checks.
+    if named.len() > max_groups {
+        return Err(forbidden("hook granted too many groups"));
+    }
     let mut groups: Vec<GroupName> = Vec::with_capacity(named.len());
     for group in named {
         let allowed = route_groups.contains(group)
@@ -787,9 +792,6 @@ fn granted_groups(
     }
     if groups.is_empty() {
         return Err(forbidden("hook granted no group"));
-    }
-    if groups.len() > max_groups {
-        return Err(forbidden("hook granted too many groups"));
     }
     Ok(groups)
 }

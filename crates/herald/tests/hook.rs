@@ -391,6 +391,17 @@ async fn answer_with_another_users_group_closes_4503() {
     );
 }
 
+#[tokio::test]
+async fn answer_naming_thousands_of_groups_closes_4503() {
+    let groups: Vec<String> = (0..5000).map(|i| format!("team.{i}")).collect();
+    let hook = Hook::start(move |_| allow(json!({"allow": true, "groups": groups}))).await;
+    let server = TestServer::with_config(hook_config(&hook)).await;
+    assert_eq!(
+        close_code(&server, "42", COOKIE_42).await,
+        Ending::Code(4503)
+    );
+}
+
 /// A hostile answer refuses with 1013 and is counted under `result`.
 async fn assert_refused_1013(answer: Answer, result: &str) {
     let hook = Hook::start(move |_| answer.clone()).await;
