@@ -38,6 +38,24 @@ local window = tonumber(ARGV[4])
 local now = redis.call('TIME')
 local now_ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
 local out = {}
+-- One message, as before idempotency keys existed: returns its offset and epoch.
+local function publish_one(meta, stream, channel, kind, data)
+  if redis.call('HSETNX', meta, 'e', candidate) == 1 then
+    -- A new history begins: entries left over from a lost one must not mix in.
+    redis.call('DEL', stream)
+  end
+  local epoch = redis.call('HGET', meta, 'e')
+  local offset = redis.call('HINCRBY', meta, 'o', 1)
+  if max_len > 0 then
+    redis.call('XADD', stream, 'MAXLEN', max_len, string.format('%d-0', offset),
+      'k', kind, 'd', data, 't', now_ms)
+    redis.call('PEXPIRE', stream, ttl)
+  end
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PUBLISH', channel,
+    string.char(1) .. kind .. string.format('%d', offset) .. ':' .. epoch .. '\n' .. data)
+  return offset, epoch
+end
 for i = 1, #KEYS / 3 do
   local meta, stream, once = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local a = 5 + (i - 1) * 4
@@ -47,25 +65,13 @@ for i = 1, #KEYS / 3 do
     first = redis.call('GET', once)
   end
   if first then
+    -- A retry: publish nothing, answer the first message's position.
     local offset, epoch = string.match(first, '^(%d+):(.*)$')
     out[#out + 1] = tonumber(offset)
     out[#out + 1] = epoch
     out[#out + 1] = 1
   else
-    if redis.call('HSETNX', meta, 'e', candidate) == 1 then
-      -- A new history begins: entries left over from a lost one must not mix in.
-      redis.call('DEL', stream)
-    end
-    local epoch = redis.call('HGET', meta, 'e')
-    local offset = redis.call('HINCRBY', meta, 'o', 1)
-    if max_len > 0 then
-      redis.call('XADD', stream, 'MAXLEN', max_len, string.format('%d-0', offset),
-        'k', kind, 'd', data, 't', now_ms)
-      redis.call('PEXPIRE', stream, ttl)
-    end
-    redis.call('PEXPIRE', meta, ttl)
-    redis.call('PUBLISH', channel,
-      string.char(1) .. kind .. string.format('%d', offset) .. ':' .. epoch .. '\n' .. data)
+    local offset, epoch = publish_one(meta, stream, channel, kind, data)
     if key ~= '' then
       redis.call('SET', once, string.format('%d', offset) .. ':' .. epoch, 'PX', window)
     end
