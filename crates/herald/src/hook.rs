@@ -225,14 +225,11 @@ impl HookStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Appends the hook's metrics in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let name = "herald_hook_requests_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Connect hook requests by result.\n# TYPE {name} counter"
-        );
-        for (result, counter) in [
+    /// The hook's counters as metrics: name, help, and samples labelled `result` (or
+    /// unlabelled), for whatever renders `/metrics`.
+    pub fn metrics(&self) -> Vec<HookMetric> {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let requests = [
             ("allow", &self.allow),
             ("forbidden", &self.forbidden),
             ("unauthorized", &self.unauthorized),
@@ -241,34 +238,67 @@ impl HookStats {
             ("bad_status", &self.bad_status),
             ("too_large", &self.too_large),
             ("malformed", &self.malformed),
-        ] {
-            let value = counter.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {value}");
-        }
-        for (name, help, counter) in [
-            (
+        ];
+        let single = |name, help, counter: &AtomicU64| HookMetric {
+            name,
+            help,
+            samples: vec![(None, load(counter))],
+        };
+        vec![
+            HookMetric {
+                name: "herald_hook_requests_total",
+                help: "Connect hook requests by result.",
+                samples: requests
+                    .iter()
+                    .map(|(result, counter)| (Some(*result), load(counter)))
+                    .collect(),
+            },
+            single(
                 "herald_hook_cache_hits_total",
                 "Connect hook asks answered by the cache or a shared request.",
                 &self.cache_hits,
             ),
-            (
+            single(
                 "herald_hook_cache_full_total",
                 "Connect hook decisions not cached because the cache was full.",
                 &self.cache_full,
             ),
-            (
+            single(
                 "herald_hook_refresh_refusals_total",
                 "Open connections closed with 4003 when a refresh was refused.",
                 &self.refresh_refusals,
             ),
-        ] {
-            let value = counter.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+        ]
+    }
+
+    /// Appends the hook's metrics in Prometheus text format (all counters).
+    pub fn render(&self, out: &mut String) {
+        for metric in self.metrics() {
+            let name = metric.name;
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", metric.help);
+            for (result, value) in metric.samples {
+                match result {
+                    Some(result) => {
+                        let _ = writeln!(out, "{name}{{result=\"{result}\"}} {value}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "{name} {value}");
+                    }
+                }
+            }
         }
     }
+}
+
+/// One counter of the hook and its samples.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookMetric {
+    /// The metric's name (a counter: ends with `_total`).
+    pub name: &'static str,
+    /// Its `# HELP` text.
+    pub help: &'static str,
+    /// (value of the `result` label, or none, count) per sample.
+    pub samples: Vec<(Option<&'static str>, u64)>,
 }
 
 enum Slot {
