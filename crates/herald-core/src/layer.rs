@@ -55,6 +55,27 @@ pub struct History {
     pub messages: Vec<Message>,
 }
 
+/// A message to publish once: with a `key`, a retry within the idempotency window
+/// publishes nothing and answers the first message's position.
+#[derive(Clone, Debug)]
+pub struct KeyedItem {
+    /// Where it goes.
+    pub group: GroupName,
+    /// What it carries.
+    pub payload: Payload,
+    /// The idempotency key (per group), if any.
+    pub key: Option<std::sync::Arc<str>>,
+}
+
+/// The outcome of one [`KeyedItem`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The message's position, or the first one's when `duplicate`.
+    pub position: Position,
+    /// The key was already used in the group within the window: nothing was published.
+    pub duplicate: bool,
+}
+
 /// Why a layer operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -106,6 +127,18 @@ pub trait Layer: Clone + Send + Sync + 'static {
             Ok(positions)
         }
     }
+
+    /// Publishes `items` in order like [`Layer::publish_batch`], except that an item whose
+    /// `key` was already published to its group within `window` (by any node sharing the
+    /// backend) publishes nothing, delivers nothing, and answers the first message's
+    /// position with `duplicate: true`. Checking and recording a key is atomic with the
+    /// publish, so concurrent retries publish once. Keys are bounded per group
+    /// ([`crate::MAX_KEYS_PER_GROUP`] in memory; Redis expires each after `window`).
+    fn publish_idempotent(
+        &self,
+        items: Vec<KeyedItem>,
+        window: Duration,
+    ) -> impl Future<Output = Result<Vec<Published>, (usize, LayerError)>> + Send;
 
     /// Starts delivering `group`'s messages to this node's [`Incoming`]. Once the future
     /// resolves `Ok`, every message published afterwards is delivered.

@@ -22,11 +22,16 @@
 //! - [`memory`]: [`MemoryLayer`], with its per-group history ring.
 
 pub mod group;
+mod idempotency;
 pub mod layer;
 pub mod memory;
 pub mod message;
 
 pub use group::{GroupName, InvalidGroupName};
-pub use layer::{HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, Layer, LayerError};
+pub use idempotency::MAX_KEYS_PER_GROUP;
+pub use layer::{
+    HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError,
+    Published,
+};
 pub use memory::MemoryLayer;
 pub use message::{Epoch, Message, Payload, PayloadKind, Position};

@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::idempotency::IdempotencyRecords;
 use crate::{
-    Epoch, GroupName, HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, Layer, LayerError,
-    Message, Payload, Position,
+    Epoch, GroupName, HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, KeyedItem, Layer,
+    LayerError, Message, Payload, Position, Published,
 };
 
 /// Settings of a [`MemoryLayer`].
@@ -86,6 +87,8 @@ struct State {
     bytes: usize,
     /// Histories dropped by the node-wide bounds.
     evicted: u64,
+    /// Idempotency keys published per group (`publish_idempotent`).
+    keys: IdempotencyRecords,
 }
 
 #[derive(Debug)]
@@ -378,6 +381,57 @@ impl Layer for MemoryLayer {
             }
         }
         Ok(positions)
+    }
+
+    async fn publish_idempotent(
+        &self,
+        items: Vec<KeyedItem>,
+        window: Duration,
+    ) -> Result<Vec<Published>, (usize, LayerError)> {
+        // Like `publish_batch`; the key check, the append and the record happen under one
+        // lock, so two concurrent retries cannot both publish.
+        let mut published = Vec::with_capacity(items.len());
+        let chunk_len = self.shared.tx.max_capacity().max(1);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let chunk: Vec<_> = items.by_ref().take(chunk_len).collect();
+            let mut permits = match self.shared.tx.reserve_many(chunk.len()).await {
+                Ok(permits) => permits,
+                Err(_) => return Err((published.len(), LayerError::Closed)),
+            };
+            let now = Instant::now();
+            let bounds = self.shared.bounds();
+            let mut state = self.lock();
+            for item in chunk {
+                if let Some(key) = &item.key {
+                    if let Some(first) = state.keys.first(&item.group, key, window, now) {
+                        published.push(Published {
+                            position: first,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+                let (message, subscribed) = state.append(&item.group, item.payload, &bounds, now);
+                let position = message.position();
+                if let Some(key) = item.key {
+                    state
+                        .keys
+                        .record(&item.group, key, position.clone(), window, now);
+                }
+                published.push(Published {
+                    position,
+                    duplicate: false,
+                });
+                if subscribed {
+                    // One permit was reserved per item, so one is always left here.
+                    if let Some(permit) = permits.next() {
+                        permit.send(message);
+                    }
+                }
+            }
+        }
+        Ok(published)
     }
 
     async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {

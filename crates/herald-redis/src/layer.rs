@@ -5,8 +5,12 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use herald_core::{GroupName, History, Incoming, Layer, LayerError, Message, Payload, Position};
+use herald_core::{
+    GroupName, History, Incoming, KeyedItem, Layer, LayerError, Message, Payload, Position,
+    Published,
+};
 use redis::ConnectionAddr;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc};
@@ -201,17 +205,45 @@ impl RedisLayer {
     /// Publishes up to one chunk in one script call.
     async fn publish_chunk(
         &self,
-        items: &[(GroupName, Payload)],
-    ) -> Result<Vec<Position>, LayerError> {
+        items: &[KeyedItem],
+        window: Duration,
+    ) -> Result<Vec<Published>, LayerError> {
         self.check_open()?;
         let shared = &self.inner.shared;
         let (session, mut conn) = shared.command_connection()?;
-        let call = scripts::publish(&mut conn, &shared.keys, shared.limits, items);
+        let call = scripts::publish(&mut conn, &shared.keys, shared.limits, window, items);
         match tokio::time::timeout(shared.config.command_timeout, call).await {
-            Ok(Ok(positions)) => Ok(positions),
+            Ok(Ok(published)) => Ok(published),
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
             Err(_) => Err(shared.timed_out()),
         }
+    }
+
+    /// Publishes keyed items in chunks of [`BATCH_CHUNK`].
+    async fn publish_chunks(
+        &self,
+        items: Vec<KeyedItem>,
+        window: Duration,
+    ) -> Result<Vec<Published>, (usize, LayerError)> {
+        let mut published = Vec::with_capacity(items.len());
+        for chunk in items.chunks(BATCH_CHUNK) {
+            match self.publish_chunk(chunk, window).await {
+                Ok(mut done) => published.append(&mut done),
+                Err(e) => return Err((published.len(), e)),
+            }
+        }
+        Ok(published)
+    }
+}
+
+/// Items without keys: the window is not used then.
+const NO_WINDOW: Duration = Duration::from_millis(1);
+
+fn unkeyed(group: GroupName, payload: Payload) -> KeyedItem {
+    KeyedItem {
+        group,
+        payload,
+        key: None,
     }
 }
 
@@ -227,10 +259,13 @@ impl fmt::Debug for RedisLayer {
 
 impl Layer for RedisLayer {
     async fn publish(&self, group: &GroupName, payload: Payload) -> Result<Position, LayerError> {
-        let mut positions = self.publish_chunk(&[(group.clone(), payload)]).await?;
-        // The script returns one position per message; `publish_chunk` checked the count.
-        positions
+        let mut published = self
+            .publish_chunk(&[unkeyed(group.clone(), payload)], NO_WINDOW)
+            .await?;
+        // The script returns one position per message; `scripts::publish` checked the count.
+        published
             .pop()
+            .map(|p| p.position)
             .ok_or_else(|| LayerError::Unavailable("redis returned no position".to_owned()))
     }
 
@@ -240,14 +275,19 @@ impl Layer for RedisLayer {
         &self,
         items: Vec<(GroupName, Payload)>,
     ) -> Result<Vec<Position>, (usize, LayerError)> {
-        let mut positions = Vec::with_capacity(items.len());
-        for chunk in items.chunks(BATCH_CHUNK) {
-            match self.publish_chunk(chunk).await {
-                Ok(mut done) => positions.append(&mut done),
-                Err(e) => return Err((positions.len(), e)),
-            }
-        }
-        Ok(positions)
+        let items = items.into_iter().map(|(g, p)| unkeyed(g, p)).collect();
+        let published = self.publish_chunks(items, NO_WINDOW).await?;
+        Ok(published.into_iter().map(|p| p.position).collect())
+    }
+
+    /// Like `publish_batch`; each key is checked and set in the same script call as its
+    /// message, under `{prefix}:{group}:once:{key}` with a TTL of `window`.
+    async fn publish_idempotent(
+        &self,
+        items: Vec<KeyedItem>,
+        window: Duration,
+    ) -> Result<Vec<Published>, (usize, LayerError)> {
+        self.publish_chunks(items, window).await
     }
 
     /// Records the group as wanted and, when connected, waits until Redis confirmed the

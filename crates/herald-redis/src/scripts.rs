@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{Epoch, GroupName, History, Message, Payload, Position};
+use herald_core::{Epoch, GroupName, History, KeyedItem, Message, Position, Published};
 use redis::Value;
 
 use crate::envelope;
@@ -22,29 +22,31 @@ use crate::keys::Keys;
 /// Publishes a batch of messages: for each, creates the group's epoch if it has none,
 /// takes the next offset, appends to the history stream (trimming the oldest entries past
 /// `max_len` entries or `max_bytes` bytes), refreshes the expiry of the group's keys and
-/// PUBLISHes the envelope.
+/// PUBLISHes the envelope. A message with an idempotency key whose key already holds a
+/// position (published within the window, by any node) publishes nothing and answers that
+/// position; otherwise the key is set to the new position for the window.
 ///
 /// The stream's size in bytes (payloads plus `overhead` per entry) is kept in the meta
 /// hash's `b` field. A payload larger than `max_bytes` is not kept, and the entries before
 /// it go too: a history cannot be continued past a message it lacks.
 ///
-/// KEYS: for message i, `meta` at 2i-1 and `stream` at 2i.
-/// ARGV: ttl ms, max_len, candidate epoch, max_bytes, overhead, then for message i:
-/// channel, kind, payload.
-/// Returns: offset and epoch of each message, flattened.
+/// KEYS: for message i, `meta` at 3i-2, `stream` at 3i-1, its idempotency key at 3i (the
+/// meta key again when the message has none: every key is declared, none is unused).
+/// ARGV: ttl ms, max_len, candidate epoch, window ms, max_bytes, overhead, then for
+/// message i: channel, kind, payload, idempotency key ('' for none).
+/// Returns: offset, epoch and 1 if a duplicate else 0, of each message, flattened.
 const PUBLISH_LUA: &str = r#"
 local ttl = tonumber(ARGV[1])
 local max_len = tonumber(ARGV[2])
 local candidate = ARGV[3]
-local max_bytes = tonumber(ARGV[4])
-local overhead = tonumber(ARGV[5])
+local window = tonumber(ARGV[4])
+local max_bytes = tonumber(ARGV[5])
+local overhead = tonumber(ARGV[6])
 local now = redis.call('TIME')
 local now_ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
 local out = {}
-for i = 1, #KEYS / 2 do
-  local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 6 + (i - 1) * 3
-  local channel, kind, data = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+-- One message, as before idempotency keys existed: returns its offset and epoch.
+local function publish_one(meta, stream, channel, kind, data)
   if redis.call('HSETNX', meta, 'e', candidate) == 1 then
     -- A new history begins: entries left over from a lost one must not mix in.
     redis.call('DEL', stream)
@@ -76,8 +78,31 @@ for i = 1, #KEYS / 2 do
   redis.call('PEXPIRE', meta, ttl)
   redis.call('PUBLISH', channel,
     string.char(1) .. kind .. string.format('%d', offset) .. ':' .. epoch .. '\n' .. data)
-  out[#out + 1] = offset
-  out[#out + 1] = epoch
+  return offset, epoch
+end
+for i = 1, #KEYS / 3 do
+  local meta, stream, once = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local a = 7 + (i - 1) * 4
+  local channel, kind, data, key = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local first = nil
+  if key ~= '' then
+    first = redis.call('GET', once)
+  end
+  if first then
+    -- A retry: publish nothing, answer the first message's position.
+    local offset, epoch = string.match(first, '^(%d+):(.*)$')
+    out[#out + 1] = tonumber(offset)
+    out[#out + 1] = epoch
+    out[#out + 1] = 1
+  else
+    local offset, epoch = publish_one(meta, stream, channel, kind, data)
+    if key ~= '' then
+      redis.call('SET', once, string.format('%d', offset) .. ':' .. epoch, 'PX', window)
+    end
+    out[#out + 1] = offset
+    out[#out + 1] = epoch
+    out[#out + 1] = 0
+  end
 end
 return out
 "#;
@@ -167,48 +192,65 @@ impl Limits {
     }
 }
 
-/// Runs the publish script for `items`; returns their positions in order.
+/// Runs the publish script for `items` (group, payload, idempotency key); returns their
+/// positions in order, each with whether it was a duplicate.
 pub(crate) async fn publish<C>(
     conn: &mut C,
     keys: &Keys,
     limits: Limits,
-    items: &[(GroupName, Payload)],
-) -> Result<Vec<Position>, ScriptError>
+    window: Duration,
+    items: &[KeyedItem],
+) -> Result<Vec<Published>, ScriptError>
 where
     C: redis::aio::ConnectionLike + Send,
 {
     let candidate = Epoch::random();
+    // At least 1 ms: SET PX 0 is an error.
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut invocation = PUBLISH.prepare_invoke();
     invocation
         .arg(limits.max_age_ms)
         .arg(limits.max_len)
         .arg(candidate.as_str())
+        .arg(window_ms)
         .arg(limits.max_bytes)
         .arg(herald_core::HISTORY_ENTRY_OVERHEAD);
-    for (group, payload) in items {
+    for item in items {
+        let group = &item.group;
+        let once = match &item.key {
+            Some(key) => keys.idempotency(group, key),
+            None => keys.meta(group),
+        };
         invocation
             .key(keys.meta(group))
             .key(keys.stream(group))
+            .key(once)
             .arg(keys.channel(group))
-            .arg(envelope::kind_of(payload))
-            .arg(&payload.data()[..]);
+            .arg(envelope::kind_of(&item.payload))
+            .arg(&item.payload.data()[..])
+            .arg(item.key.as_deref().unwrap_or(""));
     }
     let reply: Value = invocation.invoke_async(conn).await?;
     let Value::Array(values) = reply else {
         return Err(BadReply("publish reply is not an array").into());
     };
-    if values.len() != items.len() * 2 {
+    if values.len() != items.len() * 3 {
         return Err(BadReply("publish reply has the wrong length").into());
     }
-    let mut positions = Vec::with_capacity(items.len());
+    let mut published = Vec::with_capacity(items.len());
     let mut values = values.into_iter();
-    while let (Some(offset), Some(epoch)) = (values.next(), values.next()) {
-        positions.push(Position {
-            offset: as_offset(offset)?,
-            epoch: as_epoch(epoch)?,
+    while let (Some(offset), Some(epoch), Some(duplicate)) =
+        (values.next(), values.next(), values.next())
+    {
+        published.push(Published {
+            position: Position {
+                offset: as_offset(offset)?,
+                epoch: as_epoch(epoch)?,
+            },
+            duplicate: matches!(duplicate, Value::Int(1)),
         });
     }
-    Ok(positions)
+    Ok(published)
 }
 
 /// Runs the history script for `group`.

@@ -10,7 +10,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{GroupName, History, HistoryConfig, Incoming, Layer, Message, Payload, Position};
+use herald_core::{
+    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, Message, Payload, Position,
+    Published,
+};
 
 /// The history bounds every layer under test is built with.
 pub const SUITE_HISTORY: HistoryConfig = HistoryConfig {
@@ -114,6 +117,27 @@ where
         &run_id,
         "batch_positions_in_order",
         batch_positions_in_order,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "idempotent_retry_publishes_once",
+        idempotent_retry_publishes_once,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "idempotency_keys_are_per_group",
+        idempotency_keys_are_per_group,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "idempotency_window_ends",
+        idempotency_window_ends,
     )
     .await;
 }
@@ -604,4 +628,100 @@ async fn batch_positions_in_order<L: Layer>(mut t: Ctx<L>) {
         .await
         .unwrap_or_else(|(at, e)| panic!("empty publish_batch failed at {at}: {e}"));
     assert!(empty.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Idempotency
+// ---------------------------------------------------------------------------------------
+
+fn keyed(group: &GroupName, text: &str, key: Option<&str>) -> KeyedItem {
+    KeyedItem {
+        group: group.clone(),
+        payload: Payload::text(text),
+        key: key.map(std::sync::Arc::from),
+    }
+}
+
+async fn publish_keyed<L: Layer>(
+    t: &Ctx<L>,
+    items: Vec<KeyedItem>,
+    window: Duration,
+) -> Vec<Published> {
+    within(
+        "publish_idempotent",
+        t.layer.publish_idempotent(items, window),
+    )
+    .await
+    .unwrap_or_else(|(at, e)| panic!("publish_idempotent failed at {at}: {e}"))
+}
+
+async fn idempotent_retry_publishes_once<L: Layer>(mut t: Ctx<L>) {
+    let g = t.group("once");
+    let sentinel = t.group("sentinel");
+    t.subscribe(&g).await;
+    t.subscribe(&sentinel).await;
+    let window = Duration::from_secs(60);
+    let first = publish_keyed(&t, vec![keyed(&g, "shipped", Some("order-17"))], window).await;
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].duplicate, "the first publish is not a duplicate");
+    let m = t.recv().await;
+    assert_delivered(&m, &g, &first[0].position, &Payload::text("shipped"));
+    // The retry (even with another payload, and within a batch) answers the first
+    // position and delivers nothing; an unkeyed message beside it is published.
+    let retry = publish_keyed(
+        &t,
+        vec![
+            keyed(&g, "shipped again", Some("order-17")),
+            keyed(&g, "unkeyed", None),
+        ],
+        window,
+    )
+    .await;
+    assert_eq!(retry[0].position, first[0].position);
+    assert!(retry[0].duplicate, "the retry is a duplicate");
+    assert!(!retry[1].duplicate);
+    assert_eq!(retry[1].position.offset, first[0].position.offset + 1);
+    let m = t.recv().await;
+    assert_eq!(m.payload, Payload::text("unkeyed"));
+    t.expect_nothing_before_sentinel(&sentinel).await;
+    let history = t.history(&g, None).await;
+    assert_eq!(history.current.offset, 2, "the retry took no offset");
+}
+
+async fn idempotency_keys_are_per_group<L: Layer>(t: Ctx<L>) {
+    let a = t.group("a");
+    let b = t.group("b");
+    let window = Duration::from_secs(60);
+    let out = publish_keyed(
+        &t,
+        vec![keyed(&a, "x", Some("k")), keyed(&b, "x", Some("k"))],
+        window,
+    )
+    .await;
+    assert!(
+        out.iter().all(|p| !p.duplicate),
+        "one key, two groups: {out:?}"
+    );
+}
+
+async fn idempotency_window_ends<L: Layer>(t: Ctx<L>) {
+    let g = t.group("window");
+    let window = Duration::from_millis(300);
+    let first = publish_keyed(&t, vec![keyed(&g, "x", Some("k"))], window).await;
+    let retry = publish_keyed(&t, vec![keyed(&g, "x", Some("k"))], window).await;
+    assert!(retry[0].duplicate);
+    // Past the window the key is free again: wait for it, with a deadline.
+    let until = tokio::time::Instant::now() + RECV_TIMEOUT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let again = publish_keyed(&t, vec![keyed(&g, "x", Some("k"))], window).await;
+        if !again[0].duplicate {
+            assert_eq!(again[0].position.offset, first[0].position.offset + 1);
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the key was still a duplicate {RECV_TIMEOUT:?} after a window of {window:?}"
+        );
+    }
 }

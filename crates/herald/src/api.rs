@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use herald_core::{GroupName, Layer, Payload, Position};
+use herald_core::{GroupName, KeyedItem, Layer, Payload, Position};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -178,6 +178,9 @@ struct PublishBody {
     /// Also send the message into the Django Channels group (the Django bridge).
     #[serde(default)]
     django: bool,
+    /// A retry with the same key (per group, within `publish.idempotency_window`)
+    /// publishes nothing new and answers the first offset again (DESIGN.md §6).
+    idempotency_key: Option<String>,
 }
 
 /// Keeps `"data": null` apart from a missing `data` (`Option<RawValue>` alone would read
@@ -194,7 +197,12 @@ struct Item {
     many: bool,
     /// Whether to send it to Django consumers too.
     django: bool,
+    /// The idempotency key, validated.
+    key: Option<Arc<str>>,
 }
+
+/// The longest idempotency key accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// `POST /api/publish`.
 pub(crate) async fn publish(
@@ -281,6 +289,7 @@ async fn publish_authorized(state: Arc<AppState>, req: Request) -> Result<Respon
                 || body.data.is_some()
                 || body.text.is_some()
                 || body.bytes.is_some()
+                || body.idempotency_key.is_some()
             {
                 return Err(ApiError::bad(
                     "invalid_request",
@@ -457,6 +466,9 @@ async fn publish_items(
     state: &AppState,
     items: &[Item],
 ) -> Result<Vec<Vec<(GroupName, Position)>>, ApiError> {
+    if items.iter().any(|item| item.key.is_some()) {
+        return publish_keyed(state, items).await;
+    }
     let flat: Vec<(GroupName, Payload)> = items
         .iter()
         .flat_map(|item| {
@@ -489,6 +501,54 @@ async fn publish_items(
                 "layer_unavailable",
                 format!(
                     "the layer is unavailable ({e}); {published} of {total} messages were published"
+                ),
+            ))
+        }
+    }
+}
+
+/// Like [`publish_items`] for items with idempotency keys: a retried key answers the
+/// first position and publishes nothing (counted in `herald_publish_duplicates_total`).
+async fn publish_keyed(
+    state: &AppState,
+    items: &[Item],
+) -> Result<Vec<Vec<(GroupName, Position)>>, ApiError> {
+    let flat: Vec<KeyedItem> = items
+        .iter()
+        .flat_map(|item| {
+            item.groups.iter().map(|g| KeyedItem {
+                group: g.clone(),
+                payload: item.payload.clone(),
+                key: item.key.clone(),
+            })
+        })
+        .collect();
+    let total = flat.len();
+    let window = state.config.publish.idempotency_window;
+    match state.layer.publish_idempotent(flat, window).await {
+        Ok(published) => {
+            let duplicates = published.iter().filter(|p| p.duplicate).count() as u64;
+            Metrics::add(&state.metrics.publish_duplicates, duplicates);
+            Metrics::add(&state.metrics.messages_published, total as u64 - duplicates);
+            let mut published = published.into_iter();
+            Ok(items
+                .iter()
+                .map(|item| {
+                    item.groups
+                        .iter()
+                        .filter_map(|g| published.next().map(|p| (g.clone(), p.position)))
+                        .collect()
+                })
+                .collect())
+        }
+        Err((done, e)) => {
+            Metrics::add(&state.metrics.publish_failures, 1);
+            tracing::warn!(error = %e, published = done, total, "publish failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "layer_unavailable",
+                format!(
+                    "the layer is unavailable ({e}); {done} of {total} messages were published (retry with the same idempotency keys)"
                 ),
             ))
         }
@@ -568,11 +628,30 @@ fn item(body: PublishBody, max_groups: usize) -> Result<Item, ApiError> {
             ));
         }
     };
+    let key = match body.idempotency_key {
+        None => None,
+        Some(key)
+            if !key.is_empty()
+                && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+                && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Some(Arc::from(key))
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "invalid_idempotency_key",
+                format!(
+                    "\"idempotency_key\" must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+                ),
+            ));
+        }
+    };
     Ok(Item {
         groups,
         payload,
         many,
         django: body.django,
+        key,
     })
 }
 

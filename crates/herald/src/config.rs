@@ -51,6 +51,8 @@ pub struct Config {
     pub history: HistorySection,
     /// The publish API.
     pub api: ApiConfig,
+    /// Publishing: the idempotency window.
+    pub publish: PublishConfig,
     /// Bounds on connections, frames and queues.
     pub limits: Limits,
     /// Keep-alive of WebSocket connections.
@@ -67,6 +69,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The `/admin/` dashboard. Off unless a key is set.
     pub admin: AdminConfig,
+    /// The connect hook asked by routes with `auth = "hook"` (DESIGN.md §11).
+    pub hook: HookConfig,
 }
 
 /// `[admin]`.
@@ -128,6 +132,7 @@ impl Default for Config {
             layer: LayerConfig::default(),
             history: HistorySection::default(),
             api: ApiConfig::default(),
+            publish: PublishConfig::default(),
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
             shutdown: ShutdownConfig::default(),
@@ -136,6 +141,7 @@ impl Default for Config {
             django: herald_django::DjangoConfig::default(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            hook: HookConfig::default(),
         }
     }
 }
@@ -148,9 +154,13 @@ pub struct RouteConfig {
     pub path: String,
     /// Group templates joined on connect, e.g. `user.{user_id}`.
     pub groups: Vec<String>,
-    /// `none` (default) or `token`.
+    /// `none` (default), `token` or `hook`.
     #[serde(default)]
     pub auth: AuthMode,
+    /// With `auth = "hook"`: patterns (`team.*`, exact names) of the groups the hook's
+    /// answer may name besides the route's own. Default: none.
+    #[serde(default)]
+    pub hook_groups: Vec<String>,
     /// The path parameter a token's `sub` stands for (default grant). Default: the
     /// path's first parameter.
     #[serde(default)]
@@ -168,6 +178,7 @@ impl RouteConfig {
             path: "/message/{user_id}/stream/".into(),
             groups: vec!["user.{user_id}".into()],
             auth: AuthMode::None,
+            hook_groups: Vec::new(),
             sub_param: None,
             origins: Vec::new(),
         }
@@ -183,6 +194,92 @@ pub enum AuthMode {
     None,
     /// A signed connection token is required.
     Token,
+    /// The application's connect hook decides (`[hook]`, DESIGN.md §11).
+    Hook,
+}
+
+/// `[hook]`: the HTTP endpoint asked whether a connection on an `auth = "hook"` route may
+/// open (DESIGN.md §11). Plain `http://` only: run the hook on the loopback or a private
+/// network.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookConfig {
+    /// `http://host:port/path` the connect request is POSTed to. Required when a route
+    /// uses `auth = "hook"`.
+    pub url: Option<String>,
+    /// Request headers forwarded to the hook (lowercase names); nothing else is.
+    /// Default `["cookie", "authorization"]`.
+    pub forward_headers: Vec<String>,
+    /// Deadline of one hook request, connect to last body byte; past it the connection is
+    /// closed with 1013. Default `2s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub timeout: Duration,
+    /// How long a decision is reused for the same forwarded headers, origin and path.
+    /// `0s` turns the cache off (concurrent asks still share one request). Default `30s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub cache_ttl: Duration,
+    /// How often an open connection is asked about again; a refusal closes it with 4003.
+    /// Default `5m`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub refresh: Duration,
+    /// Most decisions cached (and requests in flight shared). Default 10000.
+    pub cache_entries: usize,
+    /// Most bytes of cached decisions. Default 8 MiB.
+    pub cache_bytes: usize,
+}
+
+impl HookConfig {
+    /// Checks the URL (plain `http://` with a host), the header names and the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            crate::hook::Endpoint::parse(url).map_err(|e| ConfigError::new("hook.url", e))?;
+        }
+        for (i, name) in self.forward_headers.iter().enumerate() {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    format!("hook.forward_headers[{i}]"),
+                    "must be a lowercase header name like \"cookie\"",
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new("hook.timeout", "must be longer than 0s"));
+        }
+        if self.refresh.is_zero() {
+            return Err(ConfigError::new("hook.refresh", "must be longer than 0s"));
+        }
+        if self.cache_entries == 0 {
+            return Err(ConfigError::new(
+                "hook.cache_entries",
+                "must be greater than 0",
+            ));
+        }
+        if self.cache_bytes == 0 {
+            return Err(ConfigError::new(
+                "hook.cache_bytes",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            forward_headers: vec!["cookie".into(), "authorization".into()],
+            timeout: Duration::from_secs(2),
+            cache_ttl: Duration::from_secs(30),
+            refresh: Duration::from_secs(300),
+            cache_entries: 10_000,
+            cache_bytes: 8 << 20,
+        }
+    }
 }
 
 /// `[layer]`.
@@ -268,6 +365,24 @@ pub struct ApiConfig {
     /// header (what browsers send) is refused with 403, so no web page the user visits
     /// can publish through a herald on their machine or network.
     pub origins: Vec<String>,
+}
+
+/// `[publish]`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// How long an `idempotency_key` is remembered per group: a retry within it
+    /// publishes nothing and answers the first offset. Default `5m`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[limits]`.
@@ -544,6 +659,7 @@ const SECTIONS: &[&str] = &[
     "layer",
     "history",
     "api",
+    "publish",
     "limits",
     "heartbeat",
     "shutdown",
@@ -552,6 +668,7 @@ const SECTIONS: &[&str] = &[
     "tls",
     "log",
     "admin",
+    "hook",
 ];
 
 impl Config {
@@ -627,6 +744,10 @@ impl Config {
             ("limits.handshake_timeout", self.limits.handshake_timeout),
             ("limits.body_timeout", self.limits.body_timeout),
             ("history.ttl", self.history.ttl),
+            (
+                "publish.idempotency_window",
+                self.publish.idempotency_window,
+            ),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {
@@ -679,6 +800,12 @@ impl Config {
                     ),
                 ));
             }
+            if route.auth == AuthMode::Hook && self.hook.url.is_none() {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].auth"),
+                    "\"hook\" needs hook.url",
+                ));
+            }
             if route.auth == AuthMode::Token && secrets.is_empty() {
                 return Err(ConfigError::new(
                     format!("routes[{i}].auth"),
@@ -686,6 +813,7 @@ impl Config {
                 ));
             }
         }
+        self.hook.validate()?;
         if self.tls.is_enabled() {
             crate::tls::acceptor(&self.tls)?;
         }

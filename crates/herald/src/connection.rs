@@ -57,6 +57,9 @@ pub struct Connection {
     /// A `herald.v1` connection on a token route authorizes after its hello; boxed so
     /// connections without it pay one pointer.
     pub(crate) pending_auth: Option<Box<PendingAuth>>,
+    /// A connection admitted by the connect hook: what its refreshes ask. Boxed so
+    /// connections without it pay one pointer.
+    pub(crate) hook: Option<Box<HookSession>>,
     /// The plain TCP socket under the WebSocket, for the hub's direct writes (plain mode
     /// without TLS only: `herald.v1` frames pass the task's replay filter).
     pub(crate) direct: Option<Arc<TcpStream>>,
@@ -71,6 +74,43 @@ pub(crate) struct PendingAuth {
     pub(crate) route: usize,
     /// The route's parameter values from the path.
     pub(crate) values: Vec<String>,
+}
+
+/// What an open connection on an `auth = "hook"` route re-asks the hook.
+#[derive(Debug)]
+pub(crate) struct HookSession {
+    /// The connect request, repeated as it was (same forwarded headers).
+    pub(crate) ask: crate::hook::Ask,
+    /// Index of the matched route in `AppState::routes`.
+    pub(crate) route: usize,
+    /// When to ask first.
+    pub(crate) refresh_at: Instant,
+    /// Who the hook said the connection is (its answer's `sub`), for the logs.
+    pub(crate) sub: Option<String>,
+}
+
+/// Re-asks the hook every refresh period (or at the answer's `expires_in`) until it
+/// refuses; returns the close reason then. Hook errors keep the connection.
+async fn refresh_until_refused(
+    state: Arc<AppState>,
+    session: HookSession,
+    groups: Vec<GroupName>,
+) -> &'static str {
+    let mut at = session.refresh_at;
+    loop {
+        tokio::time::sleep_until(at).await;
+        let (Some(hook), Some(route)) = (state.hook.as_ref(), state.routes.get(session.route))
+        else {
+            // Routes and the hook are fixed at startup, so this never happens; never
+            // refusing is the safe side for an already-admitted connection.
+            return std::future::pending().await;
+        };
+        let max_groups = state.config.limits.max_groups_per_connection;
+        match hook.refresh(&session.ask, route, &groups, max_groups).await {
+            Ok(next) => at = next,
+            Err(reason) => return reason,
+        }
+    }
 }
 
 /// Why the main loop ended.
@@ -102,6 +142,7 @@ impl Connection {
             epochs,
             expires: None,
             pending_auth: None,
+            hook: None,
             direct: None,
         }
     }
@@ -313,6 +354,16 @@ impl Connection {
         let mut expiry = self
             .expires
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        // The hook's refreshes run inside this task's select (no spawn), so an answer
+        // that takes `hook.timeout` never delays the connection's frames.
+        let session_sub = self.hook.as_ref().and_then(|s| s.sub.clone());
+        let mut refresh = self.hook.take().map(|session| {
+            Box::pin(refresh_until_refused(
+                self.state.clone(),
+                *session,
+                self.groups.clone(),
+            ))
+        });
         // Created once, outside the loop: each of these registers a waiter, and creating
         // them per iteration (per delivered frame) costs a lock and a list update each.
         let shutdown = self.state.shutdown.clone();
@@ -333,6 +384,11 @@ impl Connection {
                 _ = async { if let Some(sleep) = expiry.as_mut() { sleep.await } }, if expiry.is_some() => {
                     Metrics::add(&self.state.metrics.tokens_expired, 1);
                     return End::Close(close::TOKEN_EXPIRED, "token expired");
+                }
+                reason = async { match refresh.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if refresh.is_some() => {
+                    let sub = session_sub.as_deref();
+                    tracing::debug!(conn_id = self.id, sub, reason, "connect hook refused on refresh");
+                    return End::Close(close::TOKEN_EXPIRED, reason);
                 }
                 _ = &mut cancelled => {
                     self.rx.begin_writing();

@@ -56,6 +56,7 @@ pub mod close;
 pub mod config;
 pub mod connection;
 mod error_body;
+pub mod hook;
 mod http_limits;
 pub mod hub;
 pub mod metrics;

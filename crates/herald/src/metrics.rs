@@ -255,6 +255,10 @@ pub struct Metrics {
     pub publish_seconds: LatencyHistogram,
     /// Frames queued per connection, sampled at each heartbeat tick.
     pub outbox_depth: DepthHistogram,
+    /// Keyed publishes that were retries: nothing published, first offset answered.
+    pub publish_duplicates: AtomicU64,
+    /// The connect hook's requests, cache and refreshes.
+    pub hook: crate::hook::HookStats,
 }
 
 /// A [`Histogram`] over [`LATENCY_BUCKETS`].
@@ -284,7 +288,7 @@ impl Metrics {
     }
 
     /// This server's histograms: (name, help, histogram).
-    pub fn histograms(&self) -> [(&'static str, &'static str, &Histogram); 3] {
+    pub fn histograms(&self) -> [(&'static str, &'static str, &Histogram); 4] {
         [
             (
                 "herald_delivery_seconds",
@@ -300,6 +304,11 @@ impl Metrics {
                 "herald_outbox_depth",
                 "Frames queued per connection, sampled at each heartbeat tick.",
                 &self.outbox_depth.0,
+            ),
+            (
+                "herald_hook_seconds",
+                "Time each connect hook request took.",
+                &self.hook.seconds.0,
             ),
         ]
     }
@@ -343,6 +352,11 @@ impl Metrics {
                 "herald_publish_failures_total",
                 "Publishes refused because the layer was unavailable.",
                 &self.publish_failures,
+            ),
+            (
+                "herald_publish_duplicates_total",
+                "Publishes with an idempotency key already used (nothing published).",
+                &self.publish_duplicates,
             ),
             (
                 "herald_messages_received_total",
@@ -416,6 +430,23 @@ impl Metrics {
             .collect();
         families.extend(counters.into_iter().map(|(name, help, counter)| {
             Family::single(name, help, value(counter.load(Ordering::Relaxed)))
+        }));
+        families.extend(self.hook.metrics().into_iter().map(|metric| {
+            Family {
+                name: metric.name,
+                help: metric.help,
+                kind: Kind::Counter,
+                samples: metric
+                    .samples
+                    .into_iter()
+                    .map(|(result, n)| {
+                        let labels = result
+                            .map(|r| vec![(Cow::Borrowed("result"), Cow::Borrowed(r))])
+                            .unwrap_or_default();
+                        (labels, value(n))
+                    })
+                    .collect(),
+            }
         }));
         families
     }

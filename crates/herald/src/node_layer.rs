@@ -5,7 +5,8 @@
 
 use herald_core::memory::MemoryLayerConfig;
 use herald_core::{
-    GroupName, History, HistoryConfig, Incoming, Layer, LayerError, MemoryLayer, Payload, Position,
+    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError, MemoryLayer,
+    Payload, Position, Published,
 };
 use herald_redis::{RedisLayer, RedisLayerConfig};
 
@@ -65,6 +66,17 @@ impl Layer for NodeLayer {
         match self {
             Self::Memory(l) => l.publish_batch(items).await,
             Self::Redis(l) => l.publish_batch(items).await,
+        }
+    }
+
+    async fn publish_idempotent(
+        &self,
+        items: Vec<KeyedItem>,
+        window: std::time::Duration,
+    ) -> Result<Vec<Published>, (usize, LayerError)> {
+        match self {
+            Self::Memory(l) => l.publish_idempotent(items, window).await,
+            Self::Redis(l) => l.publish_idempotent(items, window).await,
         }
     }
 

@@ -38,6 +38,9 @@ pub enum RouteError {
     /// `sub_param` names a parameter the path does not define.
     #[error("sub_param {0:?} is not a parameter of the path")]
     UnknownSubParam(String),
+    /// A `hook_groups` entry is not a group name, `prefix.*` or `*`.
+    #[error("hook group pattern {0:?} must be a group name, prefix.* or *")]
+    BadHookGroup(String),
     /// An `origins` entry is not `scheme://host[:port]`.
     #[error("origin {0:?} must look like https://host[:port], with no path")]
     BadOrigin(String),
@@ -70,6 +73,8 @@ pub struct Route {
     sub_param: Option<usize>,
     /// Allowed `Origin` values, lowercased; empty = any.
     origins: Vec<String>,
+    /// Patterns of the extra groups a connect hook may grant (`auth = "hook"`).
+    hook_groups: Vec<String>,
 }
 
 /// A request path matched against a route.
@@ -132,7 +137,15 @@ impl Route {
             .iter()
             .map(|o| normalize_origin(o).ok_or_else(|| RouteError::BadOrigin(o.clone())))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(bad) = config
+            .hook_groups
+            .iter()
+            .find(|p| !crate::auth::is_valid_pattern(p))
+        {
+            return Err(RouteError::BadHookGroup(bad.clone()));
+        }
         Ok(Self {
+            hook_groups: config.hook_groups.clone(),
             pattern: path.to_string(),
             segments,
             params,
@@ -168,6 +181,16 @@ impl Route {
         self.origins
             .iter()
             .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin))
+    }
+
+    /// The path's parameter names, in order.
+    pub fn params(&self) -> &[String] {
+        &self.params
+    }
+
+    /// Patterns of the groups a connect hook may grant besides the route's own.
+    pub fn hook_groups(&self) -> &[String] {
+        &self.hook_groups
     }
 
     /// The path pattern as configured.
@@ -294,6 +317,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             auth: AuthMode::None,
             sub_param: None,
+            hook_groups: Vec::new(),
             origins: Vec::new(),
         })
     }

@@ -100,6 +100,8 @@ pub(crate) struct AppState {
     pub(crate) admin: Option<Arc<Admin>>,
     /// Open WebSockets per route (same index as `routes`).
     pub(crate) route_connections: Vec<AtomicI64>,
+    /// The connect hook, when `[hook] url` is set.
+    pub(crate) hook: Option<crate::hook::Hook>,
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -205,6 +207,8 @@ pub async fn serve(
     } else {
         None
     };
+    let hook = crate::hook::Hook::new(&config.hook, metrics.clone())
+        .map_err(|e| crate::config::ConfigError::new("hook.url", e))?;
     let drain = config.shutdown.drain_timeout;
     let handshake_timeout = config.limits.handshake_timeout;
     let routes_len = routes.len();
@@ -229,6 +233,7 @@ pub async fn serve(
         origin_refused_log: BurstLog::default(),
         route_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
         admin,
+        hook,
     });
     if state.admin.is_some() {
         background.spawn(crate::admin::report_loop(

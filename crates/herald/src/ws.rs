@@ -17,7 +17,7 @@ use crate::api::ApiError;
 use crate::client_ip;
 use crate::close;
 use crate::config::AuthMode;
-use crate::connection::{Connection, PendingAuth};
+use crate::connection::{Connection, HookSession, PendingAuth};
 use crate::metrics::Metrics;
 use crate::outbox::Mode;
 use crate::protocol::SUBPROTOCOL;
@@ -48,7 +48,7 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
         )
         .into_response();
     }
-    let groups = match matched.route.groups_for(&matched.values) {
+    let mut groups = match matched.route.groups_for(&matched.values) {
         Ok(groups) => groups,
         Err(e) => {
             return ApiError::new(
@@ -110,18 +110,57 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
     // first (cheapest), then the origin, then the token; a refused connection keeps its
     // slot until its close handshake ends, so refusals count against the limits too.
     let slot = ConnectionSlot::take(&state, client, route_index);
-    let task = match &slot {
-        Err(reason) => {
+    // The connect hook is asked last (after limits and origin), before the 101: the
+    // request runs in this connection's own task, under the hook's total deadline.
+    let mut admission = None;
+    let hook_refusal = match (&state.hook, matched.route.auth) {
+        (Some(hook), AuthMode::Hook) if slot.is_ok() && origin_allowed => {
+            let ask = hook.ask(
+                &path,
+                matched.route,
+                &matched.values,
+                &groups,
+                req.headers(),
+                client,
+            );
+            let max_groups = state.config.limits.max_groups_per_connection;
+            match hook.admit(ask, matched.route, &groups, max_groups).await {
+                Ok(admitted) => {
+                    groups = admitted.groups.clone();
+                    admission = Some(admitted);
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            }
+        }
+        // Validation demands `[hook] url` for hook routes; refuse rather than fail open.
+        (None, AuthMode::Hook) => Some(crate::hook::HookRefusal {
+            code: close::TRY_AGAIN_LATER,
+            reason: "connect hook not configured",
+        }),
+        _ => None,
+    };
+    let task = match (&slot, hook_refusal) {
+        (Err(reason), _) => {
             Metrics::add(&state.metrics.connections_rejected, 1);
             tracing::debug!(client = ?client, reason, "connection refused");
             Upgrade::Refuse(close::TRY_AGAIN_LATER, reason)
         }
-        Ok(_) if !origin_allowed => {
+        (Ok(_), _) if !origin_allowed => {
             Metrics::add(&state.metrics.auth_refusals, 1);
             tracing::debug!(client = ?client, route = matched.route.pattern(), "origin refused");
             Upgrade::Refuse(close::FORBIDDEN, "origin not allowed")
         }
-        Ok(_) => {
+        (Ok(_), Some(refusal)) => {
+            if refusal.code == close::TRY_AGAIN_LATER {
+                Metrics::add(&state.metrics.connections_rejected, 1);
+            } else {
+                Metrics::add(&state.metrics.auth_refusals, 1);
+            }
+            tracing::debug!(client = ?client, route = matched.route.pattern(), code = refusal.code, reason = refusal.reason, "connection refused by the connect hook");
+            Upgrade::Refuse(refusal.code, refusal.reason)
+        }
+        (Ok(_), None) => {
             let refusal = match (matched.route.auth, mode) {
                 (AuthMode::Token, Mode::Plain) => {
                     // Plain clients can only bring a token in the URL: check it now, before
@@ -149,6 +188,15 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                     let mut connection = Connection::new(state.clone(), groups, mode);
                     tracing::debug!(conn_id = connection.id, client = ?client, route = matched.route.pattern(), ?mode, "websocket accepted");
                     connection.expires = expires;
+                    if let Some(admitted) = admission {
+                        tracing::debug!(conn_id = connection.id, sub = ?admitted.sub, "admitted by the connect hook");
+                        connection.hook = Some(Box::new(HookSession {
+                            ask: admitted.ask,
+                            route: route_index,
+                            refresh_at: admitted.refresh_at,
+                            sub: admitted.sub,
+                        }));
+                    }
                     if mode == Mode::Plain {
                         connection.direct =
                             req.extensions().get::<DirectSocket>().map(|s| s.0.clone());

@@ -371,6 +371,7 @@ async fn wss_end_to_end_with_a_self_signed_certificate() {
         groups: vec!["user.{user_id}".into()],
         auth: AuthMode::None,
         sub_param: None,
+        hook_groups: Vec::new(),
         origins: Vec::new(),
     });
     let server = start_tls(config).await;

@@ -21,6 +21,7 @@ fn route(path: &str, groups: Vec<String>) -> Option<Route> {
         groups,
         auth: AuthMode::Token,
         sub_param: None,
+        hook_groups: Vec::new(),
         origins: Vec::new(),
     })
     .ok()

@@ -297,6 +297,26 @@ impl Layer for CountingLayer {
         }
     }
 
+    /// The bridge never publishes with keys: each item is recorded like `publish`.
+    async fn publish_idempotent(
+        &self,
+        items: Vec<herald_core::KeyedItem>,
+        _window: std::time::Duration,
+    ) -> Result<Vec<herald_core::Published>, (usize, LayerError)> {
+        let mut published = Vec::with_capacity(items.len());
+        for item in items {
+            let position = self
+                .publish(&item.group, item.payload)
+                .await
+                .map_err(|e| (published.len(), e))?;
+            published.push(herald_core::Published {
+                position,
+                duplicate: false,
+            });
+        }
+        Ok(published)
+    }
+
     async fn subscribe(&self, _: &GroupName) -> Result<(), LayerError> {
         Ok(())
     }
