@@ -106,7 +106,6 @@
 //! - [`core`] / [`pubsub`]: the two backends; [`DjangoBridge`] and [`DjangoStats`] are the handle
 //!   and its metrics.
 
-mod backoff;
 mod bridge;
 pub mod codec;
 pub mod config;
@@ -120,9 +119,22 @@ pub mod pubsub;
 mod stats;
 
 pub use bridge::{DjangoBridge, SendReport};
-pub use codec::{Body, ChannelsMessage, Codec, DecodeError, Targets};
-pub use config::{Backend, CapacityRule, DjangoConfig, InvalidConfig};
+pub use codec::{Body, ChannelsMessage, Codec, DecodeError, NoRandomness, Targets};
+pub use config::{Backend, CapacityRule, DjangoConfig, InvalidConfig, PayloadMode, PayloadRule};
 pub use error::DjangoError;
 pub use group_map::{GroupMap, GroupMapRule};
 pub use stats::DjangoStats;
 pub use tokio_util::sync::CancellationToken;
+
+/// Sleeps `backoff`'s next delay; `false` if `shutdown` fired first, so retry loops stop
+/// promptly.
+pub(crate) async fn wait_backoff(
+    backoff: &mut herald_core::Backoff,
+    shutdown: &CancellationToken,
+) -> bool {
+    let delay = backoff.next_delay();
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}

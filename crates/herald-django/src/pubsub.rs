@@ -38,13 +38,13 @@ use herald_core::{GroupName, Layer, Payload, PayloadKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::bridge::{SendReport, Shared};
-use crate::codec::{Body, ChannelsMessage, Targets};
+use crate::codec::{Body, ChannelsMessage, Event, Targets};
 use crate::error::DjangoError;
-use crate::ingest::{Ingest, payload_of};
+use crate::ingest::{Ingest, payload_for};
 use crate::keys::consistent_hash;
 use crate::stats::bump;
+use herald_core::Backoff;
 
 /// How long a claim hash lives after its last use. Every node hears a PUBLISH within
 /// milliseconds, so this is far beyond any real spread; it is kept short because of the
@@ -124,11 +124,17 @@ pub(crate) async fn group_send(
         msg_type: Some(shared.config.message_type.clone()),
         body: Some(body),
         targets: Targets::None,
+        event: Event::default(),
     };
-    let mut conn = shared.shards[shard].conn.clone();
+    let mut conn = shared.conn(shard)?;
     let receivers: u64 = redis::cmd("PUBLISH")
         .arg(&channel)
-        .arg(shared.codec.encode(&message))
+        .arg(
+            shared
+                .codec
+                .encode(&message)
+                .inspect_err(|_| shared.counters.encrypt_failure())?,
+        )
         .query_async(&mut conn)
         .await
         .map_err(|source| DjangoError::Redis { shard, source })?;
@@ -254,7 +260,7 @@ async fn wait_answering(
     wanted: &mut HashMap<String, usize>,
     shutdown: &CancellationToken,
 ) -> bool {
-    let sleep = backoff.wait(shutdown);
+    let sleep = crate::wait_backoff(backoff, shutdown);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
@@ -282,7 +288,12 @@ async fn claim(shared: &Shared, shard: usize, key: &str) -> redis::RedisResult<i
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
-        let mut conn = shared.shards[shard].conn.clone();
+        let Some(mut conn) = shared.shards[shard].conn.get().cloned() else {
+            return Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "django redis shard not connected yet",
+            )));
+        };
         let result = CLAIM
             .key(key)
             .arg(&shared.node_id)
@@ -332,13 +343,13 @@ async fn handle_message<L: Layer>(
         bump(&shared.counters.skipped);
         return;
     }
-    let Some(payload) = payload_of(decoded, &shared.counters) else {
+    let Some(payload) = payload_for(&decoded, &group, shared) else {
         return;
     };
     let key = shared.keys.dedup_key(channel, raw);
     let claimed = claim(shared, shard, &key).await;
     match claimed {
-        Ok(1) => ingest.publish(&[group], &payload).await,
+        Ok(1) => ingest.publish(&group, &payload).await,
         Ok(_) => {
             bump(&shared.counters.skipped);
         }

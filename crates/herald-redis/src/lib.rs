@@ -68,7 +68,6 @@
 //! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
 //! - `config.rs`, `error.rs`: [`RedisLayerConfig`] and [`RedisLayerError`].
 
-mod backoff;
 mod config;
 mod envelope;
 mod error;

@@ -48,8 +48,9 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Renders every metric in the Prometheus text exposition format.
-    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
+    /// Renders every metric in the Prometheus text exposition format. `django_published`
+    /// is the Django bridge's count of messages it published (0 without the bridge).
+    pub fn render(&self, extra: &[(&str, &str, u64)], django_published: u64) -> String {
         let mut out = String::with_capacity(2048);
         let gauges = [
             (
@@ -79,11 +80,6 @@ impl Metrics {
                 "herald_connections_rejected_total",
                 "Connections refused for a limit (close 1013).",
                 &self.connections_rejected,
-            ),
-            (
-                "herald_messages_published_total",
-                "Messages published through this node.",
-                &self.messages_published,
             ),
             (
                 "herald_publish_failures_total",
@@ -138,6 +134,15 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        let api = self.messages_published.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP herald_messages_published_total Messages published through this node, by \
+             source: the publish API, or Django through the bridge.\n\
+             # TYPE herald_messages_published_total counter\n\
+             herald_messages_published_total{{source=\"api\"}} {api}\n\
+             herald_messages_published_total{{source=\"django\"}} {django_published}"
+        );
         for (name, help, value) in extra {
             let kind = if name.ends_with("_total") {
                 "counter"
