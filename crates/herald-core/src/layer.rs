@@ -98,6 +98,23 @@ pub trait Layer: Clone + Send + Sync + 'static {
         }
     }
 
+    /// Publishes `payload` like [`Layer::publish`] unless a message with the same `id` was
+    /// published to `group` (through any node sharing the layer) within `window`; then
+    /// publishes nothing and returns `Ok(None)`. For senders that may retry a message
+    /// another node already published (the Django bridge's queue takeover).
+    ///
+    /// The default publishes every time: right for a layer that only one node uses.
+    fn publish_once(
+        &self,
+        group: &GroupName,
+        payload: Payload,
+        id: &str,
+        window: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<Position>, LayerError>> + Send {
+        let _ = (id, window);
+        async move { self.publish(group, payload).await.map(Some) }
+    }
+
     /// Starts delivering `group`'s messages to this node's [`Incoming`]. Once the future
     /// resolves `Ok`, every message published afterwards is delivered.
     fn subscribe(&self, group: &GroupName) -> impl Future<Output = Result<(), LayerError>> + Send;

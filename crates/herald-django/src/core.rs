@@ -293,31 +293,37 @@ const TAKEOVER_POLL: Duration = Duration::from_millis(150);
 /// How long the holder waits before looking again at an empty queue.
 const IDLE_POLL: Duration = Duration::from_millis(10);
 
-/// One step of the drain lease, atomic in Redis. KEYS: the lease, the in-flight record,
-/// the queue. ARGV: this node's token, the lease in ms, the in-flight record's TTL in s.
-/// Takes the lease when nobody holds it. Returns `{0}` when another node holds it; for
-/// the holder: `{2, member}` right after a takeover when the previous holder left a
-/// message in flight (publish it first), else acknowledges the previous message (drops
-/// the in-flight record), pops the next one into the record and returns `{1, member}`,
-/// or `{3}` when the queue is empty.
+/// One step of the drain lease, atomic in Redis. KEYS: the lease, the in-flight record
+/// (a hash: member `m`, score `s`), the queue. ARGV: this node's token, the lease in ms,
+/// the in-flight record's TTL in s, and `1` if the caller published the message in
+/// flight (acknowledging it) or `0` if not.
+///
+/// Takes the lease when nobody holds it. Returns `{0}` when another node holds it. For
+/// the holder: `{2, member, score}` when a message is in flight that must be published
+/// first (left by a previous holder, or not published by this one); else acknowledges
+/// the message in flight, pops the next one into the record and returns
+/// `{1, member, score}`, or `{3}` when the queue is empty.
 const STEP_SCRIPT: &str = r#"
 local holder = redis.call('GET', KEYS[1])
+local taken = false
 if not holder then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    local pending = redis.call('GET', KEYS[2])
-    if pending then
-        return {2, pending}
-    end
+    taken = true
 elseif holder ~= ARGV[1] then
     return {0}
 else
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
+local pending = redis.call('HMGET', KEYS[2], 'm', 's')
+if pending[1] and (taken or ARGV[4] == '0') then
+    return {2, pending[1], pending[2]}
+end
 redis.call('DEL', KEYS[2])
 local popped = redis.call('ZPOPMIN', KEYS[3], 1)
 if popped[1] then
-    redis.call('SET', KEYS[2], popped[1], 'EX', ARGV[3])
-    return {1, popped[1]}
+    redis.call('HSET', KEYS[2], 'm', popped[1], 's', popped[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[3])
+    return {1, popped[1], popped[2]}
 end
 return {3}
 "#;
@@ -328,8 +334,8 @@ static STEP: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(STEP_
 enum Step {
     /// Another node holds the lease.
     NotHolder,
-    /// A message to publish (popped now, or left in flight by the previous holder).
-    Message(Vec<u8>),
+    /// A message to publish (popped now, or still in flight), with its publish id.
+    Message(Vec<u8>, String),
     /// The queue is empty.
     Empty,
 }
@@ -342,16 +348,34 @@ fn parse_step(reply: redis::Value) -> Option<Step> {
         Some(redis::Value::Int(code)) => *code,
         _ => return None,
     };
-    let member = match items.get(1) {
+    let bulk = |i: usize| match items.get(i) {
         Some(redis::Value::BulkString(bytes)) => Some(bytes.clone()),
         _ => None,
     };
-    match (code, member) {
-        (0, _) => Some(Step::NotHolder),
-        (1 | 2, Some(member)) => Some(Step::Message(member)),
-        (3, _) => Some(Step::Empty),
+    match (code, bulk(1), bulk(2)) {
+        (0, _, _) => Some(Step::NotHolder),
+        (1 | 2, Some(member), Some(score)) => {
+            let id = message_id(&member, &score);
+            Some(Step::Message(member, id))
+        }
+        (3, _, _) => Some(Step::Empty),
         _ => None,
     }
+}
+
+/// The id a queued message is published under (hex SHA-256 of its score and member):
+/// every node computes the same one, and channels_redis' random prefix keeps two equal
+/// messages apart.
+fn message_id(member: &[u8], score: &[u8]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(score);
+    hash.update(b"\n");
+    hash.update(member);
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Drains herald's queue on one shard until shutdown, reconnecting with backoff.
@@ -388,6 +412,13 @@ pub(crate) async fn drain_shard<L: Layer>(
     let mut failing = false;
     let mut at_capacity = false;
     let mut holding = false;
+    // Whether the message in flight (if any) was published by this node: the next step
+    // acknowledges it only then. Starts true: nothing is in hand.
+    let mut published = true;
+    // How long another node may publish a message this node published already (or the
+    // reverse) and have it ignored: the in-flight record's lifetime.
+    let once_window = Duration::from_secs(inflight_ttl);
+    let mut last_published: Option<String> = None;
     while !shutdown.is_cancelled() {
         let mut c = match conn.take() {
             Some(c) => c,
@@ -435,7 +466,8 @@ pub(crate) async fn drain_shard<L: Layer>(
             .arg(&queue)
             .arg(&token)
             .arg(lease_ms)
-            .arg(inflight_ttl);
+            .arg(inflight_ttl)
+            .arg(if published { "1" } else { "0" });
         let replied: redis::RedisResult<(u64, redis::Value)> = pipe.query_async(&mut c).await;
         match replied {
             Ok((depth, reply)) => {
@@ -448,16 +480,24 @@ pub(crate) async fn drain_shard<L: Layer>(
                 conn = Some(c);
                 watch_depth(&shared, depth, capacity, &mut at_capacity);
                 match parse_step(reply) {
-                    Some(Step::Message(member)) => {
+                    Some(Step::Message(member, id)) => {
                         holding = true;
                         // Publish only with a lease that, by this node's clock, still
-                        // has time left; else the next step tells whether it is ours.
-                        if asked.elapsed() + LEASE_MARGIN < LEASE {
-                            handle_member(&shared, &ingest, &member).await;
+                        // has time left; else the next step (not acknowledging) tells
+                        // whether it is still ours, and hands the message back if so.
+                        published = asked.elapsed() + LEASE_MARGIN < LEASE;
+                        if last_published.as_deref() == Some(id.as_str()) {
+                            // Handed back after a stall of this very node, which had
+                            // published it (any layer, even one without publish_once).
+                            bump(&shared.counters.duplicates_skipped);
+                            published = true;
+                        } else if published {
+                            handle_member(&shared, &ingest, &member, &id, once_window).await;
+                            last_published = Some(id);
                         } else {
                             tracing::debug!(
                                 shard,
-                                "django drain lease may have lapsed; not publishing"
+                                "django drain lease may have lapsed; asking again before publishing"
                             );
                         }
                     }
@@ -466,6 +506,8 @@ pub(crate) async fn drain_shard<L: Layer>(
                         sleep_or_stop(IDLE_POLL, &shutdown).await;
                     }
                     Some(Step::NotHolder) => {
+                        // Whatever was in hand is the new holder's to publish now.
+                        published = true;
                         if holding {
                             tracing::info!(shard, "django drain lease taken over by another node");
                             holding = false;
@@ -524,7 +566,17 @@ fn watch_depth(shared: &Shared, depth: u64, capacity: u64, at_capacity: &mut boo
 }
 
 /// One member popped from herald's queue: decode, map targets to herald groups, publish.
-async fn handle_member<L: Layer>(shared: &Shared, ingest: &Ingest<L>, member: &[u8]) {
+///
+/// `id` and `window` make the publish idempotent across nodes (see
+/// [`Layer::publish_once`]): a message a stalled holder published is not published again
+/// by the node that took over, nor the reverse.
+async fn handle_member<L: Layer>(
+    shared: &Shared,
+    ingest: &Ingest<L>,
+    member: &[u8],
+    id: &str,
+    window: Duration,
+) {
     bump(&shared.counters.received);
     let message = match shared.codec.decode(member) {
         Ok(message) => message,
@@ -558,7 +610,7 @@ async fn handle_member<L: Layer>(shared: &Shared, ingest: &Ingest<L>, member: &[
     }
     for group in &groups {
         if let Some(payload) = payload_for(&message, group, shared) {
-            ingest.publish(group, &payload).await;
+            ingest.publish(group, &payload, Some((id, window))).await;
         }
     }
 }

@@ -63,14 +63,33 @@ pub(crate) fn payload_for(
 impl<L: Layer> Ingest<L> {
     /// Publishes `payload` to `group`, retrying a failing layer for a few seconds. The
     /// message was already taken out of Redis, so giving up loses it: that is counted.
-    pub(crate) async fn publish(&self, group: &GroupName, payload: &Payload) {
+    /// With `once = Some((id, window))` the publish is idempotent per id (a retry after a
+    /// timeout that did publish, or another node's copy, publishes nothing).
+    pub(crate) async fn publish(
+        &self,
+        group: &GroupName,
+        payload: &Payload,
+        once: Option<(&str, Duration)>,
+    ) {
         {
             let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
             loop {
-                match self.layer.publish(group, payload.clone()).await {
-                    Ok(_) => {
+                let result = match once {
+                    Some((id, window)) => {
+                        self.layer
+                            .publish_once(group, payload.clone(), id, window)
+                            .await
+                    }
+                    None => self.layer.publish(group, payload.clone()).await.map(Some),
+                };
+                match result {
+                    Ok(Some(_)) => {
                         bump(&self.counters.published);
+                        break;
+                    }
+                    Ok(None) => {
+                        bump(&self.counters.duplicates_skipped);
                         break;
                     }
                     Err(error) => {

@@ -349,7 +349,7 @@ async fn handle_message<L: Layer>(
     let key = shared.keys.dedup_key(channel, raw);
     let claimed = claim(shared, shard, &key).await;
     match claimed {
-        Ok(1) => ingest.publish(&group, &payload).await,
+        Ok(1) => ingest.publish(&group, &payload, None).await,
         Ok(_) => {
             bump(&shared.counters.skipped);
         }

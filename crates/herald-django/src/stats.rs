@@ -55,6 +55,9 @@ pub struct DjangoStats {
     pub queue_depth: u64,
     /// core: `django_capacity`.
     pub django_capacity: u64,
+    /// core: messages not published again because a node had published them already (a
+    /// queue takeover, or a retried publish that had gone through).
+    pub duplicates_skipped: u64,
 }
 
 /// The live counters. Relaxed ordering everywhere: each counter is independent and only
@@ -80,6 +83,7 @@ pub(crate) struct Counters {
     pub(crate) capacity_reached: AtomicU64,
     pub(crate) queue_depth: AtomicU64,
     pub(crate) django_capacity: AtomicU64,
+    pub(crate) duplicates_skipped: AtomicU64,
     /// `type` values already logged as undeliverable, so each is logged once. Bounded:
     /// past `MAX_LOGGED_TYPES` distinct values, new ones are only counted.
     logged_types: Mutex<HashSet<String>>,
@@ -115,6 +119,7 @@ impl Counters {
             capacity_reached: get(&self.capacity_reached),
             queue_depth: get(&self.queue_depth),
             django_capacity: get(&self.django_capacity),
+            duplicates_skipped: get(&self.duplicates_skipped),
         }
     }
 

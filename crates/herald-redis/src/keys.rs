@@ -41,6 +41,11 @@ impl Keys {
         self.name(group, CHANNEL)
     }
 
+    /// The marker of a message published with `publish_once` under `id`.
+    pub(crate) fn once(&self, group: &GroupName, id: &str) -> String {
+        self.name(group, &format!("once:{id}"))
+    }
+
     /// The group name inside a channel name, if it is one of this prefix's channels.
     /// Not validated: callers look it up among the groups they subscribed to.
     pub(crate) fn group_name_of_channel<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {

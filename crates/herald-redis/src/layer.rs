@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use herald_core::{GroupName, History, Incoming, Layer, LayerError, Message, Payload, Position};
 use redis::ConnectionAddr;
@@ -198,11 +199,12 @@ impl RedisLayer {
     async fn publish_chunk(
         &self,
         items: &[(GroupName, Payload)],
+        once: Option<(&str, u64)>,
     ) -> Result<Vec<Position>, LayerError> {
         self.check_open()?;
         let shared = &self.inner.shared;
         let (session, mut conn) = shared.command_connection()?;
-        let call = scripts::publish(&mut conn, &shared.keys, shared.limits, items);
+        let call = scripts::publish(&mut conn, &shared.keys, shared.limits, items, once);
         match tokio::time::timeout(shared.config.command_timeout, call).await {
             Ok(Ok(positions)) => Ok(positions),
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
@@ -223,11 +225,30 @@ impl fmt::Debug for RedisLayer {
 
 impl Layer for RedisLayer {
     async fn publish(&self, group: &GroupName, payload: Payload) -> Result<Position, LayerError> {
-        let mut positions = self.publish_chunk(&[(group.clone(), payload)]).await?;
+        let mut positions = self
+            .publish_chunk(&[(group.clone(), payload)], None)
+            .await?;
         // The script returns one position per message; `publish_chunk` checked the count.
         positions
             .pop()
             .ok_or_else(|| LayerError::Unavailable("redis returned no position".to_owned()))
+    }
+
+    /// One script call: the marker is set and the message published atomically, so a
+    /// second call with the same `id` (from any node) publishes nothing.
+    async fn publish_once(
+        &self,
+        group: &GroupName,
+        payload: Payload,
+        id: &str,
+        window: Duration,
+    ) -> Result<Option<Position>, LayerError> {
+        let key = self.inner.shared.keys.once(group, id);
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let mut positions = self
+            .publish_chunk(&[(group.clone(), payload)], Some((&key, ms)))
+            .await?;
+        Ok(positions.pop())
     }
 
     /// Publishes in script calls of up to 256 messages, each one round trip; the
@@ -238,7 +259,7 @@ impl Layer for RedisLayer {
     ) -> Result<Vec<Position>, (usize, LayerError)> {
         let mut positions = Vec::with_capacity(items.len());
         for chunk in items.chunks(BATCH_CHUNK) {
-            match self.publish_chunk(chunk).await {
+            match self.publish_chunk(chunk, None).await {
                 Ok(mut done) => positions.append(&mut done),
                 Err(e) => return Err((positions.len(), e)),
             }

@@ -24,18 +24,23 @@ use crate::keys::Keys;
 /// group's keys and PUBLISHes the envelope.
 ///
 /// KEYS: for message i, `meta` at 2i-1 and `stream` at 2i.
-/// ARGV: ttl ms, max_len, candidate epoch, then for message i: channel, kind, payload.
-/// Returns: offset and epoch of each message, flattened.
+/// ARGV: ttl ms, max_len, candidate epoch, a once-key ('' for none) and its lifetime in
+/// ms, then for message i: channel, kind, payload.
+/// Returns: offset and epoch of each message, flattened; an empty array, publishing
+/// nothing, when the once-key already exists (the message was published before).
 const PUBLISH_LUA: &str = r#"
 local ttl = tonumber(ARGV[1])
 local max_len = tonumber(ARGV[2])
 local candidate = ARGV[3]
+if ARGV[4] ~= '' and not redis.call('SET', ARGV[4], '1', 'NX', 'PX', ARGV[5]) then
+  return {}
+end
 local now = redis.call('TIME')
 local now_ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
 local out = {}
 for i = 1, #KEYS / 2 do
   local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 4 + (i - 1) * 3
+  local a = 6 + (i - 1) * 3
   local channel, kind, data = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if redis.call('HSETNX', meta, 'e', candidate) == 1 then
     -- A new history begins: entries left over from a lost one must not mix in.
@@ -140,22 +145,28 @@ impl Limits {
     }
 }
 
-/// Runs the publish script for `items`; returns their positions in order.
+/// Runs the publish script for `items`; returns their positions in order. With `once =
+/// Some((key, ms))`, nothing is published (and no position returned) if `key` exists;
+/// else it is created to live `ms`.
 pub(crate) async fn publish<C>(
     conn: &mut C,
     keys: &Keys,
     limits: Limits,
     items: &[(GroupName, Payload)],
+    once: Option<(&str, u64)>,
 ) -> Result<Vec<Position>, ScriptError>
 where
     C: redis::aio::ConnectionLike + Send,
 {
     let candidate = Epoch::random();
     let mut invocation = PUBLISH.prepare_invoke();
+    let (once_key, once_ms) = once.unwrap_or(("", 0));
     invocation
         .arg(limits.max_age_ms)
         .arg(limits.max_len)
-        .arg(candidate.as_str());
+        .arg(candidate.as_str())
+        .arg(once_key)
+        .arg(once_ms.max(1));
     for (group, payload) in items {
         invocation
             .key(keys.meta(group))
@@ -168,6 +179,9 @@ where
     let Value::Array(values) = reply else {
         return Err(BadReply("publish reply is not an array").into());
     };
+    if values.is_empty() && once.is_some() {
+        return Ok(Vec::new());
+    }
     if values.len() != items.len() * 2 {
         return Err(BadReply("publish reply has the wrong length").into());
     }

@@ -559,3 +559,136 @@ async fn an_oversized_django_message_is_dropped_and_counted() {
     );
     assert!(herald.log().contains("larger than the payload limit"));
 }
+
+/// The pid of the process holding the drain lease of herald's queue, if any.
+async fn lease_holder(redis: &RedisProcess) -> Option<u32> {
+    let client = redis::Client::open(redis.url()).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let token: Option<String> = redis::cmd("GET")
+        .arg("asgispecific.herald!:herald-lease")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    token?.split('-').next()?.parse().ok()
+}
+
+/// Issue 13 (4): `node_count` nodes on the Redis layer, 5,000 `group_send`s to one user;
+/// the node draining Django's queue is SIGSTOPped for 3 s, then the node that took over is
+/// SIGKILLed mid-stream. Every client of the surviving nodes gets every message exactly
+/// once, in send order.
+async fn send_order_kept_through_stop_and_kill(node_count: usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const COUNT: usize = 5000;
+    let redis = RedisProcess::start();
+    let mut side = DjangoSide::core(vec![redis.url()]);
+    // Django must not drop while herald takes over the queue: a large capacity for
+    // herald's channels, mirrored on herald's side.
+    side.capacity_json = Some(r#"{"specific.herald!*": 100000}"#.into());
+    let prefix = herald_testkit::redis::unique_prefix();
+    let toml = format!(
+        "[layer]\nkind = \"redis\"\nurl = {:?}\nprefix = {prefix:?}\n{}",
+        redis.url(),
+        django_toml(&side, "django_capacity = 100000")
+    );
+    // The first node starts alone, so it takes the drain lease.
+    let mut nodes = vec![Herald::start(&toml, &[])];
+    nodes[0].wait_ready(Duration::from_secs(10)).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lease_holder(&redis).await != Some(nodes[0].pid()) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "node 0 takes the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 1..node_count {
+        let node = Herald::start(&toml, &[]);
+        node.wait_ready(Duration::from_secs(10)).await;
+        nodes.push(node);
+    }
+    // Two clients on every node, each read by its own task.
+    let mut readers = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        for _ in 0..2 {
+            let mut client = node.connect_user("42").await;
+            let progress = Arc::new(AtomicUsize::new(0));
+            let seen = progress.clone();
+            let task = tokio::spawn(async move {
+                let mut got = Vec::with_capacity(COUNT);
+                while got.len() < COUNT {
+                    match client.recv_within(Duration::from_secs(30)).await {
+                        Ok(Some(Received::Text(t))) => {
+                            got.push(t);
+                            seen.store(got.len(), Ordering::Relaxed);
+                        }
+                        _ => break,
+                    }
+                }
+                got
+            });
+            readers.push((index, progress, task));
+        }
+    }
+    wait_member(&redis).await;
+    let sender = side.spawn(&["send", "user_42", "m", &COUNT.to_string(), "seq"]);
+    let progress_of_node0 = readers[0].1.clone();
+    let wait_progress = |n: usize| {
+        let progress = progress_of_node0.clone();
+        async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(60);
+            while progress.load(Ordering::Relaxed) < n {
+                assert!(tokio::time::Instant::now() < until, "progress to {n}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // Stop the drainer for 3 s mid-stream: another node takes over.
+    wait_progress(1000).await;
+    assert_eq!(lease_holder(&redis).await, Some(nodes[0].pid()));
+    nodes[0].signal("STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes[0].signal("CONT");
+    // Kill whichever node drains now, mid-stream.
+    wait_progress(2500).await;
+    let holder = lease_holder(&redis).await.expect("a node holds the lease");
+    let killed = nodes
+        .iter()
+        .position(|n| n.pid() == holder)
+        .expect("the holder is one of the nodes");
+    assert_ne!(killed, 0, "node 0 lost the lease while stopped");
+    nodes[killed].signal("KILL");
+    let killed_at = progress_of_node0.load(Ordering::Relaxed);
+    assert!(killed_at < COUNT, "the kill came mid-stream");
+
+    let expected: Vec<String> = (0..COUNT).map(|i| format!("m{i}")).collect();
+    for (index, _, task) in readers {
+        let got = task.await.unwrap();
+        if index == killed {
+            continue;
+        }
+        if got != expected {
+            let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
+            let logs: Vec<String> = nodes.iter().map(Herald::log).collect();
+            panic!(
+                "node {index}'s client got {} messages; first difference at {first_bad:?}: {:?}\n\
+                 logs:\n{}",
+                got.len(),
+                first_bad.map(|i| &got[i.saturating_sub(2)..(i + 3).min(got.len())]),
+                logs.join("\n----\n")
+            );
+        }
+    }
+    sender.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_order_kept_with_two_nodes_through_stop_and_kill() {
+    send_order_kept_through_stop_and_kill(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_order_kept_with_three_nodes_through_stop_and_kill() {
+    send_order_kept_through_stop_and_kill(3).await;
+}
