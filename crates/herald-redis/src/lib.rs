@@ -73,7 +73,7 @@ mod envelope;
 mod error;
 mod keys;
 mod layer;
-mod resp;
+pub mod resp;
 mod scripts;
 mod subscriber;
 mod supervisor;
