@@ -1,28 +1,47 @@
 //! The `RedisChannelLayer` (sorted-set) backend: herald's shared queue, its membership in
 //! channels groups, and `group_send` into Django consumers' queues.
 //!
-//! # Receiving, exactly once across nodes
+//! # Receiving, exactly once and in order across nodes
 //!
 //! Every herald node uses the same process-specific channel prefix, so a herald group
 //! `g` (mapped to channels group `c`) is one member `specific.<cp>!g` of `asgi:group:c`,
 //! however many nodes hold `g`. Django's `group_send` therefore writes **one** copy of each
-//! message into herald's one queue `asgispecific.<cp>!`, and every node drains that queue
-//! with `BZPOPMIN`: Redis hands each member to exactly one popper, and that node publishes
-//! it into herald's layer, which fans it out to all nodes. Django's `send()` to one of
-//! herald's channels may land on another shard (channels_redis hashes the full name
-//! there), so each node drains the queue on every shard.
+//! message into herald's one queue `asgispecific.<cp>!`; one node at a time drains it,
+//! under a lease (see "Order" below), and publishes into herald's layer, which fans it
+//! out to all nodes. Django's `send()` to one of herald's channels may land on another
+//! shard (channels_redis hashes the full name there), so each shard has its own lease.
 //!
-//! A node that dies between the pop and the publish loses that message (at most once):
-//! channels_redis' `$inflight` backup is per process and is not used here.
+//! # Order: one drainer per shard under a lease
+//!
+//! All nodes run the drain loop, but only the node holding the shard's lease (a Redis key
+//! with a 1.5 s TTL, renewed by every step) pops. Each step atomically acknowledges the
+//! previous message, pops the next (lowest score = earliest `group_send`) and records it
+//! as in flight; the holder then publishes it into herald's layer before the next step.
+//! Messages are therefore published one at a time in queue order. A holder that stops or
+//! dies is replaced about 1.5–1.7 s later; the new holder first publishes the message
+//! left in flight, so a killed node loses nothing. A holder whose lease may have lapsed
+//! (by its own clock) does not publish what it holds: its next step, not acknowledging,
+//! hands the message back if the lease is still its own; otherwise it drops it and the
+//! new holder publishes it.
+//!
+//! Every publish carries the message's id (hash of its score and member), through
+//! `Layer::publish_once`: the Redis layer sets a marker key atomically with the publish,
+//! so the same message is never published twice, even by a holder that wakes up after a
+//! stall longer than the lease and publishes what it held (the marker lives as long as
+//! the in-flight record, `expiry + 10` s). Idle, the holder looks at the queue every
+//! 10 ms and the others try to take the lease every 150 ms: about 100 small script calls
+//! per second per shard for the holder, 7 for each other node.
 //!
 //! # Membership lease
 //!
 //! channels_redis prunes members whose score is at most `now - group_expiry`. A node that
-//! has local members of `g` writes `ZADD GT` with score `now - group_expiry + lease`, every
-//! `membership_refresh` seconds, so the membership stays while any node refreshes it and
-//! lapses `lease` seconds after the last refresh by any node. Nodes never `ZREM` on a
-//! local leave: another node may still have members. `GT` keeps a slow node's write from
-//! moving the score back.
+//! has local members of `g` writes `ZADD GT` with score `now + membership_lease` every
+//! `membership_refresh`, so Django never prunes it while any node refreshes it, whatever
+//! `group_expiry` Django uses; it lapses `membership_lease + group_expiry` after the last
+//! refresh by any node. Each refresh also re-arms the key's TTL, which a Django consumer's
+//! `group_add` cuts to `group_expiry` (hence the refresh period below it), and counts a
+//! member found gone or a TTL found cut. Nodes never `ZREM` on a local leave: another node
+//! may still have members. `GT` keeps a slow node's write from moving the score back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -380,17 +399,7 @@ fn message_id(member: &[u8], score: &[u8]) -> String {
 
 /// Drains herald's queue on one shard until shutdown, reconnecting with backoff.
 ///
-/// # Order: one drainer per shard under a lease
-///
-/// All nodes run this loop, but only the node holding the shard's lease (a Redis key
-/// with a 1.5 s TTL, renewed by every step) pops. Each step atomically acknowledges the
-/// previous message, pops the next (lowest score = earliest `group_send`) and records it
-/// as in flight; the holder then publishes it into herald's layer before the next step.
-/// Messages are therefore published one at a time in queue order. A holder that stops or
-/// dies is replaced about 1.5–1.7 s later; the new holder first publishes the message
-/// left in flight, so a killed node loses nothing. A holder whose lease may have lapsed
-/// (by its own clock) never publishes what it holds: it asks Redis, and if it lost the
-/// lease, drops the message, which the new holder publishes.
+/// See the module docs, "Order".
 pub(crate) async fn drain_shard<L: Layer>(
     shared: Arc<Shared>,
     ingest: Arc<Ingest<L>>,
