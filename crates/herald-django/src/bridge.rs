@@ -181,10 +181,17 @@ impl DjangoBridge {
             // One attempt now, so a bridge whose Redis is up is connected when `start`
             // returns; otherwise the connector task keeps trying.
             let conn = OnceLock::new();
-            match client
-                .get_connection_manager_with_config(manager_config())
+            // Bounded, so that an unreachable Redis never holds up the server's start.
+            let first = client.get_connection_manager_with_config(manager_config());
+            let first = tokio::time::timeout(FIRST_CONNECT, first)
                 .await
-            {
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no connection within 1 s",
+                    )))
+                });
+            match first {
                 Ok(manager) => {
                     let _ = conn.set(manager);
                 }
@@ -490,8 +497,16 @@ async fn connect_shard(
     }
 }
 
+/// How long `start` waits for each shard's first connection before leaving it to the
+/// connector task.
+const FIRST_CONNECT: Duration = Duration::from_secs(1);
+
+/// The shared connection: a single quick retry per (re)connection (the bridge's own loops
+/// back off), at most 5 s per attempt.
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
     redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(COMMAND_RESPONSE_TIMEOUT))
 }

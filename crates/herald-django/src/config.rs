@@ -62,7 +62,7 @@ pub struct DjangoConfig {
     /// Django's `capacity`: messages per queue key before senders drop (core). Default 100.
     pub capacity: u64,
     /// Django's `channel_capacity`, as a list (first match wins). Used when herald sends to
-    /// Django consumers, and to know the limit of herald's own queue. Default empty.
+    /// Django consumers (herald's own queue: see `django_capacity`). Default empty.
     pub channel_capacity: Vec<CapacityRule>,
     /// Django's `random_prefix_length` (core). Default 12. The pubsub layer never uses a
     /// prefix, so this is ignored there.

@@ -671,16 +671,15 @@ pub(crate) async fn refresh_memberships(
 /// herald-bound messages silently.
 pub(crate) async fn watch_backlog(shared: Arc<Shared>, shutdown: CancellationToken) {
     let key = shared.keys.herald_queue_key();
-    // Django looks up the capacity by a member's full name; any herald member name
-    // matches the same `channel_capacity` globs as long as they are written for the
-    // `specific.<cp>!` prefix, which is what the crate docs recommend.
-    let capacity = shared
-        .config
-        .capacity_of(&format!("{}probe", shared.keys.herald_non_local()));
-    shared
-        .counters
-        .backlog_capacity
-        .store(capacity, std::sync::atomic::Ordering::Relaxed);
+    // The capacity Django applies to herald's queue, as configured (one setting for this
+    // early warning and for the drain loop's capacity count).
+    let capacity = shared.config.django_capacity;
+    for gauge in [
+        &shared.counters.backlog_capacity,
+        &shared.counters.django_capacity,
+    ] {
+        gauge.store(capacity, std::sync::atomic::Ordering::Relaxed);
+    }
     let period = Duration::from_secs(shared.config.backlog_check);
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -709,16 +708,17 @@ pub(crate) async fn watch_backlog(shared: Arc<Shared>, shutdown: CancellationTok
             .backlog
             .store(worst, std::sync::atomic::Ordering::Relaxed);
         // Warn once when crossing 80 %, again only after it fell below 50 %.
-        if !warned && worst * 5 >= capacity * 4 {
+        if !warned && worst.saturating_mul(5) >= capacity.saturating_mul(4) {
             warned = true;
             tracing::warn!(
                 backlog = worst,
                 capacity,
                 key = %key,
                 "herald's django queue is nearly full; Django drops group_send messages \
-                 silently at capacity (raise channel_capacity for it on the Django side)"
+                 silently at capacity (raise channel_capacity for specific.<channel_prefix>!* \
+                 on the Django side, and django_capacity here)"
             );
-        } else if warned && worst * 2 < capacity {
+        } else if warned && worst.saturating_mul(2) < capacity {
             warned = false;
         }
     }

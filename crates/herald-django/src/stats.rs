@@ -31,7 +31,7 @@ pub struct DjangoStats {
     /// core: the largest backlog (ZCARD) of herald's queue key over all shards at the last
     /// check.
     pub backlog: u64,
-    /// core: the capacity Django applies to herald's queue key (from `channel_capacity`).
+    /// core: the capacity Django applies to herald's queue key (`django_capacity`).
     pub backlog_capacity: u64,
     /// Herald groups this node currently holds active.
     pub active_groups: u64,
