@@ -718,3 +718,26 @@ async fn send_order_kept_with_two_nodes_through_stop_and_kill() {
 async fn send_order_kept_with_three_nodes_through_stop_and_kill() {
     send_order_kept_through_stop_and_kill(3).await;
 }
+
+/// Issue 13 (1): an explicit `membership_refresh` at or above `group_expiry` is refused at
+/// startup (exit 2, one line naming the key); `group_expiry` alone is accepted.
+#[test]
+fn a_refresh_not_below_group_expiry_is_refused_at_startup() {
+    let dir = TempDir::new();
+    let file = dir.0.join("herald.toml");
+    std::fs::write(
+        &file,
+        "[django]\nenabled = true\nhosts = [\"redis://127.0.0.1:1\"]\ngroup_expiry = 30\n\
+         membership_refresh = 30\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::herald_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("django.membership_refresh"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
