@@ -218,7 +218,14 @@ impl Herald {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let (child, addr) = support::spawn_serve(cmd);
+        let started =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| support::spawn_serve(cmd)));
+        let Ok((child, addr)) = started else {
+            panic!(
+                "herald serve did not start; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
         Self {
             child,
             addr: addr.parse().unwrap(),
@@ -574,8 +581,8 @@ async fn lease_holder(redis: &RedisProcess) -> Option<u32> {
 }
 
 /// Issue 13 (4): `node_count` bridge nodes on the Redis layer, 5,000 `group_send`s to one
-/// user; the node draining Django's queue is SIGSTOPped for 3 s, then the node that took
-/// over is SIGKILLed mid-stream. Every client of the nodes that were neither stopped nor
+/// user; the node draining Django's queue is SIGSTOPped for 3 s, and during that time the
+/// node that took over is SIGKILLed mid-stream. Every client of the nodes that were neither stopped nor
 /// killed — the other bridge nodes and an observer node (same layer, no bridge) — gets
 /// every message exactly once, in send order.
 ///
@@ -672,19 +679,32 @@ async fn send_order_kept_through_stop_and_kill(node_count: usize) {
             .position(|n| n.pid() == pid)
             .expect("the holder is one of the nodes")
     };
-    // Stop the drainer for 3 s mid-stream: another node takes over.
+    // Stop the drainer for 3 s mid-stream; meanwhile another node takes over, and once it
+    // has published some messages, kill it (so the in-flight handover runs twice, and with
+    // two nodes the stopped one resumes as the only drainer).
     wait_progress(1000).await;
     let stopped = holder_index(lease_holder(&redis).await);
     nodes[stopped].signal("STOP");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    nodes[stopped].signal("CONT");
-    // Kill whichever node drains now, mid-stream.
-    wait_progress(1100).await;
-    let killed = holder_index(lease_holder(&redis).await);
-    assert_ne!(killed, stopped, "the stopped node lost the lease");
+    let stopped_at = tokio::time::Instant::now();
+    let until = stopped_at + Duration::from_secs(3);
+    let killed = loop {
+        let holder = lease_holder(&redis).await;
+        if holder.is_some() && holder != Some(nodes[stopped].pid()) {
+            break holder_index(holder);
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "another node takes over"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let taken_at = observed.load(Ordering::Relaxed);
+    wait_progress(taken_at + 50).await;
     nodes[killed].signal("KILL");
     let killed_at = observed.load(Ordering::Relaxed);
     assert!(killed_at < COUNT, "the kill came mid-stream");
+    tokio::time::sleep_until(until.max(tokio::time::Instant::now())).await;
+    nodes[stopped].signal("CONT");
 
     let expected: Vec<String> = (0..COUNT).map(|i| format!("m{i}")).collect();
     for (index, _, task) in readers {
