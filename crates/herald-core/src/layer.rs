@@ -140,6 +140,37 @@ pub trait Layer: Clone + Send + Sync + 'static {
         window: Duration,
     ) -> impl Future<Output = Result<Vec<Published>, (usize, LayerError)>> + Send;
 
+    /// Publishes `payload` like [`Layer::publish`] unless a message with the same `id` was
+    /// published to `group` (through any node sharing the layer) within `window`; then
+    /// publishes nothing and returns `Ok(None)`. For senders that may retry a message
+    /// another node already published (the Django bridge's queue takeover). It is
+    /// [`Layer::publish_idempotent`] with `id` as the key.
+    fn publish_once(
+        &self,
+        group: &GroupName,
+        payload: Payload,
+        id: &str,
+        window: Duration,
+    ) -> impl Future<Output = Result<Option<Position>, LayerError>> + Send {
+        let item = KeyedItem {
+            group: group.clone(),
+            payload,
+            key: Some(std::sync::Arc::from(id)),
+        };
+        async move {
+            match self.publish_idempotent(vec![item], window).await {
+                Ok(mut published) => match published.pop() {
+                    Some(p) if p.duplicate => Ok(None),
+                    Some(p) => Ok(Some(p.position)),
+                    None => Err(LayerError::Unavailable(
+                        "the layer answered no position".into(),
+                    )),
+                },
+                Err((_, e)) => Err(e),
+            }
+        }
+    }
+
     /// Starts delivering `group`'s messages to this node's [`Incoming`]. Once the future
     /// resolves `Ok`, every message published afterwards is delivered.
     fn subscribe(&self, group: &GroupName) -> impl Future<Output = Result<(), LayerError>> + Send;

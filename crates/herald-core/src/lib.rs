@@ -20,13 +20,16 @@
 //! - [`message`]: payloads, positions, epochs and messages.
 //! - [`layer`]: the [`Layer`] trait, its error and the history answer.
 //! - [`memory`]: [`MemoryLayer`], with its per-group history ring.
+//! - [`backoff`]: the jittered exponential [`Backoff`] every reconnect loop uses.
 
+pub mod backoff;
 pub mod group;
 mod idempotency;
 pub mod layer;
 pub mod memory;
 pub mod message;
 
+pub use backoff::Backoff;
 pub use group::{GroupName, InvalidGroupName};
 pub use idempotency::MAX_KEYS_PER_GROUP;
 pub use layer::{

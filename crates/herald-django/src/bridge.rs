@@ -3,12 +3,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_core::{GroupName, Layer, Payload};
 use redis::aio::ConnectionManager;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,10 +37,13 @@ pub struct SendReport {
 }
 
 /// One Redis shard: a client for dedicated connections and a shared, self-reconnecting
-/// connection for ordinary commands.
+/// connection for ordinary commands, set by the shard's connector task once Redis first
+/// answers (the bridge starts, and the server serves, while Django's Redis is down).
 pub(crate) struct Shard {
     pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: OnceLock<ConnectionManager>,
+    /// core: whether the shard's drain loop holds a working connection.
+    pub(crate) draining: AtomicBool,
 }
 
 impl std::fmt::Debug for Shard {
@@ -60,20 +64,55 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Random id of this bridge instance (pubsub claims count per node).
     pub(crate) node_id: String,
+    /// Largest payload delivered from Django; larger ones are dropped and counted.
+    pub(crate) max_payload_bytes: usize,
+}
+
+impl Shared {
+    /// The shared command connection of `shard`, or `Disconnected` before Redis first
+    /// answered.
+    pub(crate) fn conn(&self, shard: usize) -> Result<ConnectionManager, DjangoError> {
+        self.shards[shard]
+            .conn
+            .get()
+            .cloned()
+            .ok_or(DjangoError::Disconnected { shard })
+    }
 }
 
 /// The herald groups this node holds, guarded by an async mutex because each change is
 /// applied to Redis while holding it: two changes to one group can then never reach Redis
 /// in the opposite order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ActiveGroups {
     groups: Mutex<HashSet<GroupName>>,
     count: AtomicU64,
+    /// Woken when memberships need writing now (a write failed, or a shard connected).
+    pub(crate) pending: Notify,
+    /// Whether the last membership write succeeded (part of readiness).
+    written: AtomicBool,
+}
+
+impl Default for ActiveGroups {
+    fn default() -> Self {
+        Self {
+            groups: Mutex::default(),
+            count: AtomicU64::new(0),
+            pending: Notify::new(),
+            written: AtomicBool::new(true),
+        }
+    }
 }
 
 impl ActiveGroups {
     pub(crate) async fn snapshot(&self) -> Vec<GroupName> {
         self.groups.lock().await.iter().cloned().collect()
+    }
+
+    /// Records whether memberships are written; `true` when this turned them from
+    /// written to failing (so the caller logs once per outage).
+    pub(crate) fn set_written(&self, ok: bool) -> bool {
+        self.written.swap(ok, Ordering::Relaxed) && !ok
     }
 }
 
@@ -107,37 +146,66 @@ pub struct DjangoBridge {
 const COMMAND_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl DjangoBridge {
-    /// Validates `config`, connects to every shard, and spawns the backend's tasks, which
-    /// publish what Django sends to herald's groups into `layer`.
+    /// Validates `config` and spawns the backend's tasks, which connect to every shard
+    /// (retrying with backoff while Redis is unreachable, so a server can start before
+    /// Django's Redis) and publish what Django sends to herald's groups into `layer`.
+    /// [`DjangoBridge::is_ready`] tells when every shard answers.
+    ///
+    /// `max_payload_bytes` is the largest message delivered from Django (the server passes
+    /// its publish API limit, so one limit holds for both); larger ones are dropped,
+    /// counted in `dropped_oversized` and logged once per burst.
     ///
     /// Tasks (all owned by the bridge and ended by `shutdown` or [`DjangoBridge::shutdown`]):
+    /// - one connector per shard (until its first connection);
     /// - core: one drain loop per shard, the membership refresher, the backlog watcher;
     /// - pubsub: one subscriber per shard.
     ///
     /// `config.enabled` is not looked at: deciding whether to start is the caller's job.
-    /// Fails when the config is invalid or a shard cannot be reached now; once started,
-    /// Redis outages are retried with backoff.
+    /// Fails only when the config is invalid.
     pub async fn start<L: Layer>(
         config: DjangoConfig,
         layer: L,
+        max_payload_bytes: usize,
         shutdown: CancellationToken,
     ) -> Result<Self, DjangoError> {
         let map = config.validate()?;
         let mut shards = Vec::with_capacity(config.hosts.len());
         for (index, url) in config.hosts.iter().enumerate() {
-            let connect_error = |source| DjangoError::Connect {
-                shard: index,
-                source,
-            };
-            let client = redis::Client::open(url.as_str()).map_err(connect_error)?;
-            let manager_config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(COMMAND_RESPONSE_TIMEOUT));
-            let conn = client
-                .get_connection_manager_with_config(manager_config)
+            // `validate` opened every URL already; this cannot fail on a valid config.
+            let client = redis::Client::open(url.as_str()).map_err(|e| {
+                DjangoError::Config(crate::config::InvalidConfig {
+                    field: "hosts",
+                    reason: e.to_string(),
+                })
+            })?;
+            // One attempt now, so a bridge whose Redis is up is connected when `start`
+            // returns; otherwise the connector task keeps trying.
+            let conn = OnceLock::new();
+            // Bounded, so that an unreachable Redis never holds up the server's start.
+            let first = client.get_connection_manager_with_config(manager_config());
+            let first = tokio::time::timeout(FIRST_CONNECT, first)
                 .await
-                .map_err(connect_error)?;
-            shards.push(Shard { client, conn });
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no connection within 1 s",
+                    )))
+                });
+            match first {
+                Ok(manager) => {
+                    let _ = conn.set(manager);
+                }
+                Err(error) => tracing::warn!(
+                    shard = index,
+                    %error,
+                    "django bridge cannot reach redis; retrying with backoff (not ready until it answers)"
+                ),
+            }
+            shards.push(Shard {
+                client,
+                conn,
+                draining: AtomicBool::new(false),
+            });
         }
         let fernet_ttl = match config.backend {
             // channels_redis' core layer accepts tokens up to expiry + 10 s old.
@@ -156,7 +224,10 @@ impl DjangoBridge {
             codec,
             shards,
             counters: counters.clone(),
-            node_id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            // The process id first: an operator (or a test) can tell from the drain lease's
+            // value which process holds it.
+            node_id: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+            max_payload_bytes,
             config,
         });
         // A child token: the bridge can be stopped alone, and stops with the server.
@@ -168,6 +239,14 @@ impl DjangoBridge {
         });
         let active = Arc::new(ActiveGroups::default());
         let tracker = TaskTracker::new();
+        for shard in (0..shared.shards.len()).filter(|&s| shared.shards[s].conn.get().is_none()) {
+            tracker.spawn(connect_shard(
+                shared.clone(),
+                active.clone(),
+                shard,
+                shutdown.clone(),
+            ));
+        }
         let backend = match shared.config.backend {
             Backend::Core => {
                 for shard in 0..shared.shards.len() {
@@ -246,7 +325,18 @@ impl DjangoBridge {
         self.inner.active.count.fetch_add(1, Ordering::Relaxed);
         match &self.inner.backend {
             BackendHandle::Core => {
-                core::write_memberships(shared, std::slice::from_ref(group)).await
+                let written = core::write_memberships(
+                    shared,
+                    std::slice::from_ref(group),
+                    core::Write::First,
+                )
+                .await;
+                if written.is_err() {
+                    // The refresher retries soon, not a whole period later.
+                    self.inner.active.set_written(false);
+                    self.inner.active.pending.notify_one();
+                }
+                written
             }
             BackendHandle::Pubsub { commands } => {
                 let (shard, channel) = pubsub::channel_for(shared, group)?;
@@ -338,6 +428,21 @@ impl DjangoBridge {
         self.inner.shared.counters.snapshot(active)
     }
 
+    /// Whether the bridge works: every shard answered, memberships are written, and (core)
+    /// every drain loop holds a connection. The server's `/readyz` includes it.
+    pub fn is_ready(&self) -> bool {
+        let shared = &self.inner.shared;
+        let connected = shared.shards.iter().all(|s| s.conn.get().is_some());
+        let draining = match shared.config.backend {
+            Backend::Core => shared
+                .shards
+                .iter()
+                .all(|s| s.draining.load(Ordering::Relaxed)),
+            Backend::Pubsub => true,
+        };
+        connected && draining && self.inner.active.written.load(Ordering::Relaxed)
+    }
+
     /// The configuration the bridge runs with.
     pub fn config(&self) -> &DjangoConfig {
         &self.inner.shared.config
@@ -359,4 +464,49 @@ impl DjangoBridge {
     pub async fn stopped(&self) {
         self.inner.tracker.wait().await;
     }
+}
+
+/// Connects `shard`'s shared command connection, retrying with backoff (at most 2 s
+/// apart) until Redis answers or shutdown; then wakes the membership writer. After that
+/// the connection manager reconnects by itself.
+async fn connect_shard(
+    shared: Arc<Shared>,
+    active: Arc<ActiveGroups>,
+    shard: usize,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = herald_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        if !crate::wait_backoff(&mut backoff, &shutdown).await {
+            return;
+        }
+        let client = &shared.shards[shard].client;
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = client.get_connection_manager_with_config(manager_config()) => c,
+        };
+        match connected {
+            Ok(conn) => {
+                let _ = shared.shards[shard].conn.set(conn);
+                tracing::info!(shard, "django bridge connected to redis");
+                active.pending.notify_one();
+                return;
+            }
+            Err(error) => tracing::debug!(shard, %error, "django redis still unreachable"),
+        }
+    }
+}
+
+/// How long `start` waits for each shard's first connection before leaving it to the
+/// connector task.
+const FIRST_CONNECT: Duration = Duration::from_secs(1);
+
+/// The shared connection: a single quick retry per (re)connection (the bridge's own loops
+/// back off), at most 5 s per attempt.
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(COMMAND_RESPONSE_TIMEOUT))
 }

@@ -14,6 +14,7 @@
 use bytes::Bytes;
 use rmpv::Value;
 
+pub use crate::fernet::NoRandomness;
 use crate::fernet::{FernetError, MultiFernet};
 
 /// The reserved field naming the target channel(s) inside a stored message.
@@ -52,8 +53,99 @@ impl Targets {
     }
 }
 
+/// The fields of a received message other than `type` and `__asgi_channel__`, in the
+/// sender's order: what `[django] payload = "event"` delivers as JSON.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Event(Vec<(String, Value)>);
+
+/// Deepest nesting rendered as JSON; deeper events are refused rather than recursed into.
+const MAX_EVENT_DEPTH: usize = 64;
+
+impl Event {
+    /// Compact JSON of the event (keys in the sender's order), or why it has none: a
+    /// `bytes` value, a non-string map key, a non-finite float or an extension type have
+    /// no JSON form (Python's `json.dumps` would refuse most of them too).
+    pub fn to_json(&self) -> Result<String, &'static str> {
+        let mut out = String::with_capacity(64);
+        out.push('{');
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, key);
+            out.push(':');
+            push_json(&mut out, value, 0)?;
+        }
+        out.push('}');
+        Ok(out)
+    }
+}
+
+fn push_json_str(out: &mut String, text: &str) {
+    // Serializing a str into JSON cannot fail.
+    out.push_str(&serde_json::Value::from(text).to_string());
+}
+
+fn push_json(out: &mut String, value: &Value, depth: usize) -> Result<(), &'static str> {
+    use std::fmt::Write as _;
+    if depth >= MAX_EVENT_DEPTH {
+        return Err("nested too deeply");
+    }
+    match value {
+        Value::Nil => out.push_str("null"),
+        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Integer(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::F32(f) => push_float(out, f64::from(*f))?,
+        Value::F64(f) => push_float(out, *f)?,
+        Value::String(s) => match s.as_str() {
+            Some(text) => push_json_str(out, text),
+            None => return Err("a string is not valid UTF-8"),
+        },
+        Value::Binary(_) => return Err("a bytes value has no JSON form"),
+        Value::Ext(..) => return Err("a msgpack extension has no JSON form"),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_json(out, item, depth + 1)?;
+            }
+            out.push(']');
+        }
+        Value::Map(entries) => {
+            out.push('{');
+            for (i, (key, item)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match key.as_str() {
+                    Some(key) => push_json_str(out, key),
+                    None => return Err("a map key is not a string"),
+                }
+                out.push(':');
+                push_json(out, item, depth + 1)?;
+            }
+            out.push('}');
+        }
+    }
+    Ok(())
+}
+
+fn push_float(out: &mut String, f: f64) -> Result<(), &'static str> {
+    match serde_json::Number::from_f64(f) {
+        Some(n) => {
+            out.push_str(&n.to_string());
+            Ok(())
+        }
+        None => Err("a float is not finite"),
+    }
+}
+
 /// The parts of a channels message herald reads or writes.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct ChannelsMessage {
     /// The `type` field (a consumer's handler name with `.` for `_`), if it is a string.
     pub msg_type: Option<String>,
@@ -61,6 +153,9 @@ pub struct ChannelsMessage {
     pub body: Option<Body>,
     /// The `__asgi_channel__` field.
     pub targets: Targets,
+    /// Every other field (`text` and `bytes` included), for `payload = "event"`. Empty
+    /// when encoding.
+    pub event: Event,
 }
 
 /// Why a stored message could not be read. Decode errors are counted and never stop a
@@ -142,23 +237,24 @@ impl Codec {
     }
 
     /// Encodes `message` for storage: fresh random prefix, msgpack, Fernet if configured.
-    /// Field order: `type`, then `text`/`bytes`, then `__asgi_channel__` if any.
-    pub fn encode(&self, message: &ChannelsMessage) -> Vec<u8> {
+    /// Field order: `type`, then `text`/`bytes`, then `__asgi_channel__` if any. Fails
+    /// only when encryption is on and the OS random generator fails (no weak IV is used).
+    pub fn encode(&self, message: &ChannelsMessage) -> Result<Vec<u8>, NoRandomness> {
         self.encode_at(message, unix_now_secs())
     }
 
     /// [`Codec::encode`] with an explicit clock (the Fernet timestamp), in Unix seconds.
-    pub fn encode_at(&self, message: &ChannelsMessage, now: u64) -> Vec<u8> {
+    pub fn encode_at(&self, message: &ChannelsMessage, now: u64) -> Result<Vec<u8>, NoRandomness> {
         let packed = pack(message);
         let mut out = Vec::with_capacity(self.random_prefix_length + packed.len() + 100);
         // The prefix only keeps identical messages from collapsing into one zset member,
         // so a fast non-cryptographic generator is enough (channels_redis uses `random`).
         out.extend((0..self.random_prefix_length).map(|_| fastrand::u8(..)));
         match &self.fernet {
-            Some(fernet) => out.extend_from_slice(&fernet.encrypt(&packed, now)),
+            Some(fernet) => out.extend_from_slice(&fernet.encrypt(&packed, now)?),
             None => out.extend_from_slice(&packed),
         }
-        out
+        Ok(out)
     }
 }
 
@@ -216,6 +312,7 @@ fn message_from_value(value: Value) -> Result<ChannelsMessage, DecodeError> {
                 }
             }
             "text" => {
+                message.event.0.push((key.clone(), value.clone()));
                 if let Value::String(s) = value {
                     text = Some(
                         s.into_str()
@@ -224,6 +321,7 @@ fn message_from_value(value: Value) -> Result<ChannelsMessage, DecodeError> {
                 }
             }
             "bytes" => {
+                message.event.0.push((key.clone(), value.clone()));
                 if let Value::Binary(b) = value {
                     bytes = Some(Bytes::from(b));
                 }
@@ -253,7 +351,7 @@ fn message_from_value(value: Value) -> Result<ChannelsMessage, DecodeError> {
                     _ => return Err(DecodeError::Shape("__asgi_channel__ is not str or array")),
                 };
             }
-            _ => {}
+            _ => message.event.0.push((key, value)),
         }
     }
     // A consumer sends text when it has it (daphne refuses both at once); herald prefers
@@ -350,8 +448,9 @@ mod tests {
             msg_type: Some("notify".into()),
             body: Some(Body::Text("hello group".into())),
             targets: Targets::Many(vec!["a!b".into()]),
+            event: Event::default(),
         };
-        let member = Codec::new(12, &[], None).encode(&msg);
+        let member = Codec::new(12, &[], None).encode(&msg).unwrap();
         assert_eq!(
             &member[12..],
             &unhex(
@@ -363,8 +462,9 @@ mod tests {
             msg_type: Some("t".into()),
             body: Some(Body::Bytes(Bytes::from_static(b"\x00\x01"))),
             targets: Targets::One("x".into()),
+            event: Event::default(),
         };
-        let member = Codec::new(0, &[], None).encode(&bin);
+        let member = Codec::new(0, &[], None).encode(&bin).unwrap();
         assert_eq!(
             member,
             unhex(
@@ -379,19 +479,30 @@ mod tests {
             msg_type: Some("herald.message".into()),
             body: Some(Body::Bytes(Bytes::from_static(&[0, 159, 255]))),
             targets: Targets::Many(vec!["specific.a!1".into(), "specific.a!2".into()]),
+            event: Event::default(),
         };
         for keys in [vec![], vec!["s3cret".to_owned(), "older".to_owned()]] {
             for prefix in [0, 12, 3] {
                 let codec = Codec::new(prefix, &keys, Some(70));
-                let member = codec.encode(&msg);
-                assert_eq!(codec.decode(&member).unwrap(), msg, "{prefix} {keys:?}");
+                let member = codec.encode(&msg).unwrap();
+                let decoded = codec.decode(&member).unwrap();
+                // Decoding keeps the event's fields for payload = "event".
+                assert_eq!(
+                    decoded.event.to_json(),
+                    Err("a bytes value has no JSON form")
+                );
+                let decoded = ChannelsMessage {
+                    event: Event::default(),
+                    ..decoded
+                };
+                assert_eq!(decoded, msg, "{prefix} {keys:?}");
             }
         }
         // The second key alone decrypts nothing the first key encrypted.
         let codec = Codec::new(12, &["a".to_owned()], None);
         let other = Codec::new(12, &["b".to_owned()], None);
         assert!(matches!(
-            other.decode(&codec.encode(&msg)),
+            other.decode(&codec.encode(&msg).unwrap()),
             Err(DecodeError::Fernet(_))
         ));
     }
@@ -432,5 +543,22 @@ mod tests {
             codec.decode(&bad_target),
             Err(DecodeError::Shape(_))
         ));
+    }
+
+    #[test]
+    fn renders_the_event_without_type_as_compact_json() {
+        // {"type": "chat.message", "message": "hi", "n": [1, 2.5, null, true], "m": {"k": "v"}}
+        // as msgpack-python packs it: Channels' tutorial message plus nested values.
+        let packed = unhex(
+            "85 a474797065 ac636861742e6d657373616765 a76d657373616765 a26869 \
+             a16e 94 01 cb4004000000000000 c0 c3 a16d 81 a16b a176 \
+             b05f5f617367695f6368616e6e656c5f5f 91 a3 61 21 62",
+        );
+        let msg = Codec::new(0, &[], None).decode(&packed).unwrap();
+        assert_eq!(msg.body, None);
+        assert_eq!(
+            msg.event.to_json().unwrap(),
+            r#"{"message":"hi","n":[1,2.5,null,true],"m":{"k":"v"}}"#
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `DjangoConfig`: the `[django]` section of herald's configuration, mirroring the Django
 //! side's `CHANNEL_LAYERS["default"]["CONFIG"]`.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::group_map::{GroupMap, GroupMapRule};
@@ -60,7 +62,7 @@ pub struct DjangoConfig {
     /// Django's `capacity`: messages per queue key before senders drop (core). Default 100.
     pub capacity: u64,
     /// Django's `channel_capacity`, as a list (first match wins). Used when herald sends to
-    /// Django consumers, and to know the limit of herald's own queue. Default empty.
+    /// Django consumers (herald's own queue: see `django_capacity`). Default empty.
     pub channel_capacity: Vec<CapacityRule>,
     /// Django's `random_prefix_length` (core). Default 12. The pubsub layer never uses a
     /// prefix, so this is ignored there.
@@ -77,15 +79,57 @@ pub struct DjangoConfig {
     /// the method named with `.` replaced by `_` (`herald_message`). Default
     /// `"herald.message"`.
     pub message_type: String,
-    /// Seconds a membership written by herald survives without a refresh (core). A group
-    /// that no node has members for any more keeps receiving for at most this long.
-    /// Default 300.
+    /// Seconds herald's membership outlives its last refresh (core). herald scores its
+    /// member `now + membership_lease`, so Django's pruning (members scored at or below
+    /// `now - group_expiry`) never removes it while any node refreshes it, whatever
+    /// `group_expiry` Django uses; after the last node left, Django prunes it at its next
+    /// `group_send` once `membership_lease + group_expiry` seconds have passed (or the key
+    /// expires). Default 300.
     pub membership_lease: u64,
-    /// Seconds between membership refreshes by each node (core); must be below
-    /// `membership_lease`. Default 60.
-    pub membership_refresh: u64,
+    /// Seconds between membership refreshes by each node (core). Each refresh also re-arms
+    /// the group key's TTL, which a Django consumer's `group_add` shortens to Django's
+    /// `group_expiry`, and repairs a membership that vanished (counted). Default: a third of
+    /// `group_expiry` (at most 60 s; fractions of a second allowed), so setting
+    /// `group_expiry` alone is enough. An explicit value must be below `group_expiry`.
+    pub membership_refresh: Option<u64>,
     /// Seconds between checks of herald's queue backlog (core). Default 5.
     pub backlog_check: u64,
+    /// The capacity Django applies to herald's queue key (core): channels_redis'
+    /// `group_send` drops a message silently when the key already holds this many
+    /// unexpired messages. Mirror Django's `capacity` (or its `channel_capacity` entry for
+    /// `specific.<channel_prefix>!*`). herald counts the moments its queue reaches it
+    /// (`herald_django_capacity_reached_total`) and logs once per burst. Default 100.
+    pub django_capacity: u64,
+    /// What herald delivers for a message from Django. Default `"text"`.
+    pub payload: PayloadMode,
+    /// Per-group exceptions to `payload`, first match wins: `{ pattern = "chat.*",
+    /// payload = "event" }` (glob over herald group names). Default empty.
+    pub payload_rules: Vec<PayloadRule>,
+}
+
+/// How a channels message becomes the frame herald delivers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadMode {
+    /// The message's `text` (str) as a text frame or `bytes` as a binary frame; a message
+    /// with neither is dropped (counted in `dropped_no_payload`).
+    #[default]
+    Text,
+    /// The whole event without its `type` key, as compact JSON in a text frame: what a
+    /// consumer doing `self.send(text_data=json.dumps({k: event[k] ...}))` for every key
+    /// would send. `bytes` values are not JSON: such a message is dropped (counted).
+    Event,
+}
+
+/// A `payload_rules` entry: herald groups matching `pattern` (glob, `*` and `?`) use
+/// `payload`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadRule {
+    /// Glob over herald group names, e.g. `"chat.*"`.
+    pub pattern: String,
+    /// The mode for matching groups.
+    pub payload: PayloadMode,
 }
 
 impl Default for DjangoConfig {
@@ -105,8 +149,11 @@ impl Default for DjangoConfig {
             channel_prefix: "herald".to_owned(),
             message_type: "herald.message".to_owned(),
             membership_lease: 300,
-            membership_refresh: 60,
+            membership_refresh: None,
             backlog_check: 5,
+            django_capacity: 100,
+            payload: PayloadMode::Text,
+            payload_rules: Vec::new(),
         }
     }
 }
@@ -168,11 +215,22 @@ impl DjangoConfig {
         if self.membership_lease == 0 {
             return bad("membership_lease", "must be at least 1 second");
         }
-        if self.membership_refresh == 0 || self.membership_refresh >= self.membership_lease {
-            return bad(
-                "membership_refresh",
-                "must be at least 1 second and below membership_lease",
-            );
+        if let Some(refresh) = self.membership_refresh
+            && (refresh == 0 || refresh >= self.group_expiry)
+        {
+            return Err(InvalidConfig {
+                field: "membership_refresh",
+                reason: format!(
+                    "{refresh} must be at least 1 second and below group_expiry ({}): a Django \
+                     consumer's group_add shortens the group key's TTL to group_expiry, so a \
+                     slower refresh lets herald's membership expire (leave it unset to follow \
+                     group_expiry)",
+                    self.group_expiry
+                ),
+            });
+        }
+        if self.django_capacity == 0 {
+            return bad("django_capacity", "must be at least 1");
         }
         if self.backlog_check == 0 {
             return bad("backlog_check", "must be at least 1 second");
@@ -190,6 +248,25 @@ impl DjangoConfig {
             .iter()
             .find(|rule| glob_match(rule.pattern.as_bytes(), channel.as_bytes()))
             .map_or(self.capacity, |rule| rule.capacity)
+    }
+
+    /// The refresh period in force: the explicit `membership_refresh`, else a third of
+    /// `group_expiry` capped at 60 s.
+    pub fn effective_refresh(&self) -> Duration {
+        match self.membership_refresh {
+            Some(secs) => Duration::from_secs(secs),
+            None => (Duration::from_secs(self.group_expiry) / 3)
+                .min(Duration::from_secs(60))
+                .max(Duration::from_millis(100)),
+        }
+    }
+
+    /// The payload mode for herald group `group` (first matching rule, else `payload`).
+    pub fn payload_mode_of(&self, group: &str) -> PayloadMode {
+        self.payload_rules
+            .iter()
+            .find(|rule| glob_match(rule.pattern.as_bytes(), group.as_bytes()))
+            .map_or(self.payload, |rule| rule.payload)
     }
 
     /// The random prefix length in force for the configured backend.
@@ -314,11 +391,41 @@ mod tests {
     #[test]
     fn defaults_validate() {
         assert!(DjangoConfig::default().validate().is_ok());
-        let bad = DjangoConfig {
-            membership_refresh: 300,
+        // Setting group_expiry alone is enough: the refresh follows it, well below.
+        let short = DjangoConfig {
+            group_expiry: 30,
             ..DjangoConfig::default()
         };
-        assert_eq!(bad.validate().unwrap_err().field, "membership_refresh");
+        assert!(short.validate().is_ok());
+        assert_eq!(short.effective_refresh(), Duration::from_secs(10));
+        let tiny = DjangoConfig {
+            group_expiry: 1,
+            ..DjangoConfig::default()
+        };
+        assert!(tiny.validate().is_ok());
+        assert!(tiny.effective_refresh() < Duration::from_secs(1));
+        assert_eq!(
+            DjangoConfig::default().effective_refresh(),
+            Duration::from_secs(60)
+        );
+        // An explicit refresh at or above group_expiry is refused.
+        for refresh in [0, 30, 60] {
+            let bad = DjangoConfig {
+                group_expiry: 30,
+                membership_refresh: Some(refresh),
+                ..DjangoConfig::default()
+            };
+            assert_eq!(bad.validate().unwrap_err().field, "membership_refresh");
+        }
+        let ok = DjangoConfig {
+            group_expiry: 30,
+            membership_refresh: Some(29),
+            ..DjangoConfig::default()
+        };
+        assert_eq!(
+            ok.validate().map(|_| ok.effective_refresh()),
+            Ok(Duration::from_secs(29))
+        );
         let bad = DjangoConfig {
             channel_prefix: "her!ald".into(),
             ..DjangoConfig::default()

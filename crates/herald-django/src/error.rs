@@ -12,16 +12,6 @@ pub enum DjangoError {
     /// The `[django]` section is invalid; fix the named field.
     #[error(transparent)]
     Config(#[from] InvalidConfig),
-    /// A Redis shard could not be reached at start. Check `django.hosts` (shards are
-    /// numbered from 0 in list order; URLs are not printed since they may hold passwords).
-    #[error("cannot connect to django redis shard {shard}")]
-    Connect {
-        /// Index into `hosts`.
-        shard: usize,
-        /// The client's error.
-        #[source]
-        source: redis::RedisError,
-    },
     /// A Redis command failed (the shard is down or unreachable). The bridge keeps
     /// retrying on its own; a failed `group_active` is retried at the next refresh.
     #[error("django redis shard {shard} failed")]
@@ -32,8 +22,8 @@ pub enum DjangoError {
         #[source]
         source: redis::RedisError,
     },
-    /// The shard's subscriber connection is down: the change is recorded and applied as
-    /// soon as it reconnects (pubsub).
+    /// The shard is not connected (yet): pubsub records the change and applies it on
+    /// reconnect; core writes memberships as soon as the shard answers.
     #[error("django redis shard {shard} is disconnected; applied on reconnect")]
     Disconnected {
         /// Index into `hosts`.
@@ -43,6 +33,10 @@ pub enum DjangoError {
     /// `group_map` templates.
     #[error("group {0} maps to no valid channels group name")]
     Unmappable(GroupName),
+    /// The message could not be encrypted because the OS random generator failed (counted
+    /// in `encrypt_failures`); nothing was sent.
+    #[error(transparent)]
+    Encrypt(#[from] crate::codec::NoRandomness),
     /// The bridge was shut down.
     #[error("django bridge stopped")]
     Stopped,

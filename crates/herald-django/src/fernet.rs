@@ -126,6 +126,11 @@ impl FernetKey {
     }
 }
 
+/// The OS random generator failed, so no IV could be drawn and nothing was encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the OS random generator failed; message not encrypted")]
+pub struct NoRandomness;
+
 /// Several keys: encrypt with the first, decrypt with whichever matches (key rotation,
 /// the way Python's `MultiFernet` behaves).
 #[derive(Clone, Debug)]
@@ -144,17 +149,25 @@ impl MultiFernet {
         })
     }
 
-    /// A fresh token for `data`, with a random IV from the OS.
-    pub(crate) fn encrypt(&self, data: &[u8], now: u64) -> Vec<u8> {
+    /// A fresh token for `data`, with a random IV from the OS generator. Fails closed: if
+    /// the OS cannot give randomness, no token is made (a CBC IV must be unpredictable).
+    pub(crate) fn encrypt(&self, data: &[u8], now: u64) -> Result<Vec<u8>, NoRandomness> {
+        self.encrypt_filling(data, now, |iv| {
+            getrandom::fill(iv).map_err(|_| NoRandomness)
+        })
+    }
+
+    /// [`MultiFernet::encrypt`] with the IV source given (tests make it fail).
+    fn encrypt_filling(
+        &self,
+        data: &[u8],
+        now: u64,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), NoRandomness>,
+    ) -> Result<Vec<u8>, NoRandomness> {
         let mut iv = [0u8; 16];
-        // The IV must be unpredictable for CBC; if the OS generator fails we still need
-        // a unique one, so fall back to the non-cryptographic generator rather than fail
-        // the send (the HMAC still authenticates the token).
-        if getrandom::fill(&mut iv).is_err() {
-            iv = fastrand::u128(..).to_le_bytes();
-        }
+        fill(&mut iv)?;
         // `keys` is never empty: `from_secrets` returns None for an empty list.
-        self.keys[0].encrypt_with(data, now, iv)
+        Ok(self.keys[0].encrypt_with(data, now, iv))
     }
 
     /// Decodes and decrypts `token`. With `ttl = Some(secs)` the token must be at most that
@@ -218,10 +231,10 @@ mod tests {
     fn round_trips_and_rotates() {
         let old = MultiFernet::from_secrets(&["old".to_owned()]).unwrap();
         let both = MultiFernet::from_secrets(&["new".to_owned(), "old".to_owned()]).unwrap();
-        let token = old.encrypt(b"hello", 1000);
+        let token = old.encrypt(b"hello", 1000).unwrap();
         assert!(token.starts_with(b"gAAAAA"));
         assert_eq!(both.decrypt(&token, Some(70), 1010).unwrap(), b"hello");
-        let token = both.encrypt(b"", 1000);
+        let token = both.encrypt(b"", 1000).unwrap();
         assert_eq!(both.decrypt(&token, None, 1000).unwrap(), b"");
         assert_eq!(
             old.decrypt(&token, None, 1000),
@@ -232,7 +245,7 @@ mod tests {
     #[test]
     fn checks_time_only_with_a_ttl() {
         let f = MultiFernet::from_secrets(&["k".to_owned()]).unwrap();
-        let token = f.encrypt(b"x", 1000);
+        let token = f.encrypt(b"x", 1000).unwrap();
         assert_eq!(f.decrypt(&token, Some(70), 1071), Err(FernetError::Expired));
         assert_eq!(f.decrypt(&token, Some(70), 1070).unwrap(), b"x");
         assert_eq!(f.decrypt(&token, Some(70), 939), Err(FernetError::Expired));
@@ -242,7 +255,7 @@ mod tests {
     #[test]
     fn rejects_tampering() {
         let f = MultiFernet::from_secrets(&["k".to_owned()]).unwrap();
-        let token = f.encrypt(b"payload", 1000);
+        let token = f.encrypt(b"payload", 1000).unwrap();
         let mut raw = TOKEN_B64.decode(&token).unwrap();
         raw[HEADER_LEN] ^= 1;
         let forged = TOKEN_B64.encode(&raw).into_bytes();
@@ -255,5 +268,19 @@ mod tests {
             Err(FernetError::Malformed)
         );
         assert_eq!(f.decrypt(b"gAAA", None, 1000), Err(FernetError::Malformed));
+    }
+
+    #[test]
+    fn fails_closed_without_os_randomness() {
+        let f = MultiFernet::from_secrets(&["k".to_owned()]).unwrap();
+        assert_eq!(
+            f.encrypt_filling(b"secret", 1000, |_| Err(NoRandomness)),
+            Err(NoRandomness)
+        );
+        // Two tokens for the same data differ: the IV comes from the OS each time.
+        assert_ne!(
+            f.encrypt(b"same", 1).unwrap(),
+            f.encrypt(b"same", 1).unwrap()
+        );
     }
 }

@@ -56,11 +56,6 @@ impl Keys {
         format!("{}:group:{channels_group}", self.prefix)
     }
 
-    /// `specific.herald!`: herald's non-local channel name (no Redis prefix).
-    pub(crate) fn herald_non_local(&self) -> &str {
-        &self.herald_non_local
-    }
-
     /// `asgispecific.herald!`: the zset every herald node drains.
     pub(crate) fn herald_queue_key(&self) -> String {
         format!("{}{}", self.prefix, self.herald_non_local)

@@ -29,22 +29,24 @@
 //! Herald's own `group_send` comes back to herald's subscribers; messages whose `type` is
 //! the configured `message_type` are skipped on receive, so nothing loops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
 use herald_core::{GroupName, Layer, Payload, PayloadKind};
+use herald_redis::resp::{self, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::bridge::{SendReport, Shared};
-use crate::codec::{Body, ChannelsMessage, Targets};
+use crate::codec::{Body, ChannelsMessage, Event, Targets};
 use crate::error::DjangoError;
-use crate::ingest::{Ingest, payload_of};
+use crate::ingest::{Ingest, payload_for};
 use crate::keys::consistent_hash;
 use crate::stats::bump;
+use herald_core::Backoff;
 
 /// How long a claim hash lives after its last use. Every node hears a PUBLISH within
 /// milliseconds, so this is far beyond any real spread; it is kept short because of the
@@ -124,11 +126,17 @@ pub(crate) async fn group_send(
         msg_type: Some(shared.config.message_type.clone()),
         body: Some(body),
         targets: Targets::None,
+        event: Event::default(),
     };
-    let mut conn = shared.shards[shard].conn.clone();
+    let mut conn = shared.conn(shard)?;
     let receivers: u64 = redis::cmd("PUBLISH")
         .arg(&channel)
-        .arg(shared.codec.encode(&message))
+        .arg(
+            shared
+                .codec
+                .encode(&message)
+                .inspect_err(|_| shared.counters.encrypt_failure())?,
+        )
         .query_async(&mut conn)
         .await
         .map_err(|source| DjangoError::Redis { shard, source })?;
@@ -144,6 +152,11 @@ pub(crate) async fn group_send(
 
 /// Owns one shard's SUBSCRIBE connection until shutdown: applies commands, handles
 /// messages, and after a lost connection reconnects with backoff and re-subscribes.
+///
+/// The connection is read by hand ([`herald_redis::resp`]), one frame at a time and only
+/// after the previous message was handled, so a slow layer leaves the backlog in Redis
+/// (bounded there by `client-output-buffer-limit pubsub`, which disconnects a hopeless
+/// subscriber) instead of in herald's memory.
 pub(crate) async fn run_shard<L: Layer>(
     shared: Arc<Shared>,
     ingest: Arc<Ingest<L>>,
@@ -153,7 +166,7 @@ pub(crate) async fn run_shard<L: Layer>(
 ) {
     // channel -> number of herald groups on this node that need it.
     let mut wanted: HashMap<String, usize> = HashMap::new();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut failing = false;
     // Set after any failure: the next connection attempt waits out the backoff first.
     let mut delay = false;
@@ -166,10 +179,10 @@ pub(crate) async fn run_shard<L: Layer>(
         delay = true;
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            c = shared.shards[shard].client.get_async_pubsub() => c,
+            c = Subscriber::connect(&shared.shards[shard].client) => c,
         };
-        let (mut sink, mut stream) = match connected {
-            Ok(pubsub) => pubsub.split(),
+        let mut sub = match connected {
+            Ok(sub) => sub,
             Err(error) => {
                 if !failing {
                     tracing::warn!(shard, %error, "django bridge cannot reach redis pub/sub; retrying");
@@ -178,48 +191,205 @@ pub(crate) async fn run_shard<L: Layer>(
                 continue;
             }
         };
+        // Confirmations still owed by Redis, in order: one per channel subscribed or
+        // unsubscribed (re-subscriptions are owed to nobody).
+        let mut owed: VecDeque<Option<Reply>> = VecDeque::new();
         if !wanted.is_empty() {
-            let channels: Vec<&String> = wanted.keys().collect();
-            if let Err(error) = sink.subscribe(&channels).await {
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(wanted.keys().map(|c| c.as_bytes()));
+            if let Err(error) = sub.send(&resp::command(args)).await {
                 tracing::warn!(shard, %error, "cannot re-subscribe django groups; reconnecting");
                 failing = true;
                 continue;
             }
+            owed.extend(wanted.keys().map(|_| None));
         }
         if failing {
+            // `failing` stays set: each loss below warns on its own.
             tracing::info!(shard, "django bridge reconnected to redis pub/sub");
-            failing = false;
         }
         backoff.reset();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                command = commands.recv() => {
+                // New commands only while few confirmations are owed: bounded.
+                command = commands.recv(), if owed.len() < COMMAND_QUEUE => {
                     let Some(command) = command else { return };
                     let (channel, reply, add) = match command {
                         Command::Add(c, r) => (c, r, true),
                         Command::Remove(c, r) => (c, r, false),
                     };
-                    let result = match change(&mut wanted, &channel, add) {
-                        Some(true) => sink.subscribe(&channel).await,
-                        Some(false) => sink.unsubscribe(&channel).await,
-                        None => Ok(()),
+                    let verb: &[u8] = match change(&mut wanted, &channel, add) {
+                        Some(true) => b"SUBSCRIBE",
+                        Some(false) => b"UNSUBSCRIBE",
+                        None => {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
                     };
-                    let failed = result.is_err();
-                    // The caller may have given up waiting; nothing to do then.
-                    let _ = reply.send(result.map_err(Unconfirmed::Redis));
-                    if failed {
-                        continue 'connect;
-                    }
-                }
-                message = stream.next() => {
-                    let Some(message) = message else {
-                        tracing::warn!(shard, "django pub/sub connection closed; reconnecting");
+                    if let Err(error) = sub.send(&resp::command([verb, channel.as_bytes()])).await {
+                        // The caller may have given up waiting; nothing to do then.
+                        let _ = reply.send(Err(Unconfirmed::Redis(io_error(&error))));
+                        tracing::warn!(shard, %error, "django pub/sub connection failed; reconnecting");
                         failing = true;
                         continue 'connect;
-                    };
-                    handle_message(&shared, &ingest, shard, &message).await;
+                    }
+                    owed.push_back(Some(reply));
                 }
+                frame = sub.next_frame() => {
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        Err(error) => {
+                            tracing::warn!(shard, %error, "django pub/sub connection lost; reconnecting");
+                            failing = true;
+                            fail_owed(&mut owed);
+                            continue 'connect;
+                        }
+                    };
+                    match classify(frame) {
+                        Heard::Message(channel, payload) => {
+                            handle_message(&shared, &ingest, shard, &channel, &payload).await;
+                        }
+                        Heard::Confirmation => {
+                            if let Some(Some(reply)) = owed.pop_front() {
+                                let _ = reply.send(Ok(()));
+                            }
+                        }
+                        Heard::Other => {}
+                        Heard::Error(error) => {
+                            tracing::warn!(shard, error, "django pub/sub connection got an error; reconnecting");
+                            failing = true;
+                            fail_owed(&mut owed);
+                            continue 'connect;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers every owed confirmation with "disconnected" (applied again on reconnect).
+fn fail_owed(owed: &mut VecDeque<Option<Reply>>) {
+    for reply in owed.drain(..).flatten() {
+        let _ = reply.send(Err(Unconfirmed::Disconnected));
+    }
+}
+
+fn io_error(why: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::other(why.to_owned()))
+}
+
+/// What one frame on the subscriber connection is.
+enum Heard {
+    /// `message <channel> <payload>`.
+    Message(String, Bytes),
+    /// `subscribe` / `unsubscribe` confirmation of one channel.
+    Confirmation,
+    /// Anything else pub/sub may send (e.g. a `pong`).
+    Other,
+    /// An error reply: the connection is not usable.
+    Error(String),
+}
+
+fn classify(frame: Frame) -> Heard {
+    match frame {
+        Frame::Array(Some(items)) => {
+            let kind = match items.first() {
+                Some(Frame::Bulk(Some(kind))) => kind.clone(),
+                _ => return Heard::Other,
+            };
+            match (&kind[..], items.get(1), items.get(2)) {
+                (
+                    b"message",
+                    Some(Frame::Bulk(Some(channel))),
+                    Some(Frame::Bulk(Some(payload))),
+                ) => match std::str::from_utf8(channel) {
+                    Ok(channel) => Heard::Message(channel.to_owned(), payload.clone()),
+                    Err(_) => Heard::Other,
+                },
+                (b"subscribe" | b"unsubscribe", _, _) => Heard::Confirmation,
+                _ => Heard::Other,
+            }
+        }
+        Frame::Error(e) => Heard::Error(String::from_utf8_lossy(&e).into_owned()),
+        _ => Heard::Other,
+    }
+}
+
+/// How much is read from the socket at a time; a frame larger than this is read in
+/// several calls, but nothing past the frame being completed is requested eagerly.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A hand-driven RESP2 subscriber connection.
+struct Subscriber {
+    read: tokio::net::tcp::OwnedReadHalf,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+impl Subscriber {
+    /// Connects (TCP only, like the rest of the bridge's Redis features) and
+    /// authenticates with the URL's credentials.
+    async fn connect(client: &redis::Client) -> Result<Self, String> {
+        let info = client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err("only plain TCP redis:// addresses are supported".to_owned());
+        };
+        let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+        let stream = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| format!("connecting to {host}:{port}: timed out"))?
+            .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut sub = Self {
+            read,
+            write,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        };
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = settings.username() {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            sub.send(&resp::command(args)).await?;
+            match tokio::time::timeout(Duration::from_secs(5), sub.next_frame()).await {
+                Ok(Ok(Frame::Simple(ok))) if ok.eq_ignore_ascii_case(b"OK") => {}
+                Ok(Ok(Frame::Error(e))) => {
+                    return Err(format!("AUTH refused: {}", String::from_utf8_lossy(&e)));
+                }
+                Ok(Ok(_)) => return Err("unexpected AUTH answer".to_owned()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("no AUTH answer within 5 s".to_owned()),
+            }
+        }
+        Ok(sub)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let write = self.write.write_all(bytes);
+        match tokio::time::timeout(Duration::from_secs(5), write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("writing to redis: {e}")),
+            Err(_) => Err("writing to redis timed out".to_owned()),
+        }
+    }
+
+    /// The next whole frame; reads the socket only while no whole frame is buffered.
+    /// Cancel-safe: a read that loses a `select!` race reads nothing.
+    async fn next_frame(&mut self) -> Result<Frame, String> {
+        loop {
+            if let Some(frame) = resp::parse(&mut self.buf).map_err(|e| e.to_string())? {
+                return Ok(frame);
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.read.read_buf(&mut self.buf).await {
+                Ok(0) => return Err("redis closed the connection".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading from redis: {e}")),
             }
         }
     }
@@ -254,7 +424,7 @@ async fn wait_answering(
     wanted: &mut HashMap<String, usize>,
     shutdown: &CancellationToken,
 ) -> bool {
-    let sleep = backoff.wait(shutdown);
+    let sleep = crate::wait_backoff(backoff, shutdown);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
@@ -282,7 +452,12 @@ async fn claim(shared: &Shared, shard: usize, key: &str) -> redis::RedisResult<i
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
-        let mut conn = shared.shards[shard].conn.clone();
+        let Some(mut conn) = shared.shards[shard].conn.get().cloned() else {
+            return Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "django redis shard not connected yet",
+            )));
+        };
         let result = CLAIM
             .key(key)
             .arg(&shared.node_id)
@@ -306,10 +481,10 @@ async fn handle_message<L: Layer>(
     shared: &Shared,
     ingest: &Ingest<L>,
     shard: usize,
-    message: &redis::Msg,
+    channel: &str,
+    raw: &[u8],
 ) {
     bump(&shared.counters.received);
-    let channel = message.get_channel_name();
     let Some(group) = shared
         .keys
         .channels_group_of_pubsub(channel)
@@ -320,7 +495,6 @@ async fn handle_message<L: Layer>(
         ));
         return;
     };
-    let raw = message.get_payload_bytes();
     let decoded = match shared.codec.decode(raw) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -332,13 +506,13 @@ async fn handle_message<L: Layer>(
         bump(&shared.counters.skipped);
         return;
     }
-    let Some(payload) = payload_of(decoded, &shared.counters) else {
+    let Some(payload) = payload_for(&decoded, &group, shared) else {
         return;
     };
     let key = shared.keys.dedup_key(channel, raw);
     let claimed = claim(shared, shard, &key).await;
     match claimed {
-        Ok(1) => ingest.publish(&[group], &payload).await,
+        Ok(1) => ingest.publish(&group, &payload, None).await,
         Ok(_) => {
             bump(&shared.counters.skipped);
         }

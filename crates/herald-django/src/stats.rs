@@ -31,10 +31,33 @@ pub struct DjangoStats {
     /// core: the largest backlog (ZCARD) of herald's queue key over all shards at the last
     /// check.
     pub backlog: u64,
-    /// core: the capacity Django applies to herald's queue key (from `channel_capacity`).
+    /// core: the capacity Django applies to herald's queue key (`django_capacity`).
     pub backlog_capacity: u64,
     /// Herald groups this node currently holds active.
     pub active_groups: u64,
+    /// Messages from Django larger than the payload limit: dropped, never delivered.
+    pub dropped_oversized: u64,
+    /// Messages whose `payload = "event"` rendering failed (a `bytes` value or a
+    /// non-string key): dropped.
+    pub dropped_unrenderable: u64,
+    /// Sends not encrypted (and not sent) because the OS random generator failed.
+    pub encrypt_failures: u64,
+    /// core: refreshes that found herald's membership gone and re-added it.
+    pub membership_repairs: u64,
+    /// core: refreshes that found the group key's TTL cut short (a Django `group_add`)
+    /// and re-armed it.
+    pub membership_ttl_repairs: u64,
+    /// core: times herald's queue was seen at or over `django_capacity` (each is a burst in
+    /// which Django's `group_send` dropped messages for herald silently).
+    pub capacity_reached: u64,
+    /// core: unexpired messages in herald's queue at the last check (ZCOUNT, the way
+    /// channels_redis counts for its capacity check), largest over shards.
+    pub queue_depth: u64,
+    /// core: `django_capacity`.
+    pub django_capacity: u64,
+    /// core: messages not published again because a node had published them already (a
+    /// queue takeover, or a retried publish that had gone through).
+    pub duplicates_skipped: u64,
 }
 
 /// The live counters. Relaxed ordering everywhere: each counter is independent and only
@@ -52,6 +75,15 @@ pub(crate) struct Counters {
     pub(crate) send_errors: AtomicU64,
     pub(crate) backlog: AtomicU64,
     pub(crate) backlog_capacity: AtomicU64,
+    pub(crate) dropped_oversized: AtomicU64,
+    pub(crate) dropped_unrenderable: AtomicU64,
+    pub(crate) encrypt_failures: AtomicU64,
+    pub(crate) membership_repairs: AtomicU64,
+    pub(crate) membership_ttl_repairs: AtomicU64,
+    pub(crate) capacity_reached: AtomicU64,
+    pub(crate) queue_depth: AtomicU64,
+    pub(crate) django_capacity: AtomicU64,
+    pub(crate) duplicates_skipped: AtomicU64,
     /// `type` values already logged as undeliverable, so each is logged once. Bounded:
     /// past `MAX_LOGGED_TYPES` distinct values, new ones are only counted.
     logged_types: Mutex<HashSet<String>>,
@@ -79,6 +111,52 @@ impl Counters {
             backlog: get(&self.backlog),
             backlog_capacity: get(&self.backlog_capacity),
             active_groups,
+            dropped_oversized: get(&self.dropped_oversized),
+            dropped_unrenderable: get(&self.dropped_unrenderable),
+            encrypt_failures: get(&self.encrypt_failures),
+            membership_repairs: get(&self.membership_repairs),
+            membership_ttl_repairs: get(&self.membership_ttl_repairs),
+            capacity_reached: get(&self.capacity_reached),
+            queue_depth: get(&self.queue_depth),
+            django_capacity: get(&self.django_capacity),
+            duplicates_skipped: get(&self.duplicates_skipped),
+        }
+    }
+
+    /// Counts an encryption that failed for want of OS randomness; logs the 1st, 2nd,
+    /// 4th... (once per burst, yet a lasting failure stays visible).
+    pub(crate) fn encrypt_failure(&self) {
+        let n = bump(&self.encrypt_failures);
+        if n.is_power_of_two() {
+            tracing::error!(
+                count = n,
+                "django send not encrypted: the OS random generator failed; message not sent"
+            );
+        }
+    }
+
+    /// Counts a message over the payload limit; logs the 1st, 2nd, 4th...
+    pub(crate) fn oversized(&self, size: usize, limit: usize) {
+        let n = bump(&self.dropped_oversized);
+        if n.is_power_of_two() {
+            tracing::warn!(
+                size,
+                limit,
+                count = n,
+                "django message larger than the payload limit (limits.max_publish_bytes): dropped"
+            );
+        }
+    }
+
+    /// Counts a message `payload = "event"` cannot render; logs the 1st, 2nd, 4th...
+    pub(crate) fn unrenderable(&self, why: &str) {
+        let n = bump(&self.dropped_unrenderable);
+        if n.is_power_of_two() {
+            tracing::warn!(
+                count = n,
+                why,
+                "django message cannot be rendered as a JSON event: dropped"
+            );
         }
     }
 

@@ -36,7 +36,7 @@ async fn django_group_send_reaches_the_layer_once_in_the_right_group() {
         layer.subscribe(&group(g)).await.unwrap();
     }
     let shutdown = CancellationToken::new();
-    let bridge = DjangoBridge::start(django.herald_config(), layer, shutdown.clone())
+    let bridge = DjangoBridge::start(django.herald_config(), layer, 1 << 20, shutdown.clone())
         .await
         .unwrap();
     bridge.group_active(&group("user.42")).await.unwrap();
@@ -315,7 +315,7 @@ async fn membership_outlives_group_expiry_then_lapses_when_inactive() {
     django.group_expiry = 3;
     let mut config = django.herald_config();
     config.membership_lease = 2;
-    config.membership_refresh = 1;
+    config.membership_refresh = Some(1);
     let sink = CountingLayer::default();
     let shutdown = CancellationToken::new();
     let nodes = start_nodes(1, &config, &sink, &["user.42", "user.43"], &shutdown).await;
@@ -363,7 +363,7 @@ async fn survives_a_redis_restart() {
     let django = DjangoSide::core(vec![redis.url()]);
     let mut config = django.herald_config();
     config.membership_lease = 2;
-    config.membership_refresh = 1;
+    config.membership_refresh = Some(1);
     let sink = CountingLayer::default();
     let shutdown = CancellationToken::new();
     let nodes = start_nodes(1, &config, &sink, &["user.42"], &shutdown).await;

@@ -52,7 +52,7 @@ async fn example_command_and_view_reach_herald() {
     layer.subscribe(&group("user.42")).await.unwrap();
     let shutdown = CancellationToken::new();
     let config = DjangoSide::core(vec![redis.url()]).herald_config();
-    let bridge = DjangoBridge::start(config, layer, shutdown.clone())
+    let bridge = DjangoBridge::start(config, layer, 1 << 20, shutdown.clone())
         .await
         .unwrap();
     bridge.group_active(&group("user.42")).await.unwrap();

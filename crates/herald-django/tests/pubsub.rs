@@ -132,3 +132,108 @@ async fn resubscribes_after_a_redis_restart() {
     .await;
     stop(shutdown, nodes).await;
 }
+
+/// A layer whose publishes wait until the gate opens (a stalled herald layer).
+#[derive(Clone, Debug)]
+struct GatedLayer {
+    inner: CountingLayer,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl herald_core::Layer for GatedLayer {
+    async fn publish(
+        &self,
+        group: &herald_core::GroupName,
+        payload: Payload,
+    ) -> Result<herald_core::Position, herald_core::LayerError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.inner.publish(group, payload).await
+    }
+
+    async fn publish_idempotent(
+        &self,
+        items: Vec<herald_core::KeyedItem>,
+        window: std::time::Duration,
+    ) -> Result<Vec<herald_core::Published>, (usize, herald_core::LayerError)> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.inner.publish_idempotent(items, window).await
+    }
+
+    async fn subscribe(&self, g: &herald_core::GroupName) -> Result<(), herald_core::LayerError> {
+        self.inner.subscribe(g).await
+    }
+
+    async fn unsubscribe(&self, g: &herald_core::GroupName) -> Result<(), herald_core::LayerError> {
+        self.inner.unsubscribe(g).await
+    }
+
+    async fn history(
+        &self,
+        g: &herald_core::GroupName,
+        since: Option<&herald_core::Position>,
+    ) -> Result<herald_core::History, herald_core::LayerError> {
+        self.inner.history(g, since).await
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Output buffer bytes Redis holds for its pub/sub clients (largest `omem`).
+async fn pubsub_omem(redis: &RedisProcess) -> u64 {
+    let list = redis.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"]).await;
+    let text = match list {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    text.split_whitespace()
+        .filter_map(|f| f.strip_prefix("omem="))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Issue 14 (7): with herald's layer stalled, the pub/sub backlog stays in Redis (where
+/// `client-output-buffer-limit pubsub` bounds it), not in herald's memory; once the layer
+/// moves again, every message is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_layer_leaves_the_pubsub_backlog_in_redis() {
+    let redis = RedisProcess::start();
+    let django = DjangoSide::pubsub(vec![redis.url()]);
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let sink = CountingLayer::default();
+    let layer = GatedLayer {
+        inner: sink.clone(),
+        open,
+    };
+    let shutdown = CancellationToken::new();
+    let bridge = herald_django::DjangoBridge::start(
+        django.herald_config(),
+        layer,
+        1 << 20,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    bridge.group_active(&group("user.42")).await.unwrap();
+    // 300 messages of 50 kB: 15 MB, more than loopback socket buffers absorb.
+    const COUNT: usize = 300;
+    django
+        .run(&["send", "user.42", "50000", &COUNT.to_string(), "big"])
+        .await;
+    eventually(DEADLINE, "Redis to hold the backlog", || async {
+        pubsub_omem(&redis).await > 4 << 20
+    })
+    .await;
+    assert!(sink.count() == 0);
+    gate.send_replace(true);
+    eventually(DEADLINE, "every message", || async {
+        sink.count() == COUNT
+    })
+    .await;
+    stop(shutdown, vec![bridge]).await;
+}

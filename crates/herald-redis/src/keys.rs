@@ -41,13 +41,14 @@ impl Keys {
         self.name(group, CHANNEL)
     }
 
-    /// The group name inside a channel name, if it is one of this prefix's channels.
-    /// Not validated: callers look it up among the groups they subscribed to.
-    /// The key holding the first position published with idempotency key `key`.
+    /// The key holding the first position published with idempotency key `key` (also
+    /// what `publish_once` uses, with its message id as the key).
     pub(crate) fn idempotency(&self, group: &GroupName, key: &str) -> String {
         format!("{}:{{{group}}}:once:{key}", self.prefix)
     }
 
+    /// The group name inside a channel name, if it is one of this prefix's channels.
+    /// Not validated: callers look it up among the groups they subscribed to.
     pub(crate) fn group_name_of_channel<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {
         let rest = channel.strip_prefix(self.prefix.as_bytes())?;
         let rest = rest.strip_prefix(b":{")?;

@@ -68,13 +68,12 @@
 //! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
 //! - `config.rs`, `error.rs`: [`RedisLayerConfig`] and [`RedisLayerError`].
 
-mod backoff;
 mod config;
 mod envelope;
 mod error;
 mod keys;
 mod layer;
-mod resp;
+pub mod resp;
 mod scripts;
 mod subscriber;
 mod supervisor;

@@ -1,4 +1,5 @@
-//! A minimal RESP2 reader and writer for the subscriber connection.
+//! A minimal RESP2 reader and writer for the subscriber connection. Public so that the
+//! Django bridge's pub/sub backend reads its subscriber connection the same bounded way.
 //!
 //! The subscriber connection is driven by hand rather than through the `redis` crate's
 //! pub/sub type because that type reads the socket eagerly into an unbounded queue: a slow
@@ -11,9 +12,12 @@ use bytes::{Bytes, BytesMut};
 
 /// One RESP2 value, as pub/sub replies use them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub enum Frame {
+    /// `+...`
     Simple(Bytes),
+    /// `-...`
     Error(Bytes),
+    /// `:...`
     Integer(i64),
     /// `None` is the null bulk string.
     Bulk(Option<Bytes>),
@@ -23,7 +27,7 @@ pub(crate) enum Frame {
 
 /// The peer sent something that is not RESP2 (or too big to accept).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RespError {
+pub enum RespError {
     #[error("unknown RESP type byte {0:#04x}")]
     Type(u8),
     #[error("bad length or integer in RESP frame")]
@@ -52,7 +56,7 @@ enum Located {
 
 /// Takes one complete frame off the front of `buf`; `Ok(None)` when more bytes are needed.
 /// Bulk strings in the frame share the buffer's memory instead of being copied.
-pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Frame>, RespError> {
+pub fn parse(buf: &mut BytesMut) -> Result<Option<Frame>, RespError> {
     let mut pos = 0;
     let Some(located) = locate(buf, &mut pos, 0)? else {
         return Ok(None);
@@ -62,7 +66,7 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Frame>, RespError> {
 }
 
 /// Encodes a command as a RESP array of bulk strings.
-pub(crate) fn command<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+pub fn command<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let args: Vec<&[u8]> = args.into_iter().collect();
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::layer::Shared;
 use crate::subscriber::{self, End, SubscriberReader, SubscriberWriter};
+use herald_core::Backoff;
 
 /// Runs until `cancel` fires. Holds the shared state only through this task's lifetime;
 /// the layer handles own `cancel`, so dropping the last handle ends the task.

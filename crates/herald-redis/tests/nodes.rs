@@ -301,3 +301,52 @@ async fn malformed_envelopes_are_counted_and_skipped() {
     assert_eq!(layer.stats().decode_errors, 4);
     assert!(layer.is_ready(), "bad messages are not fatal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_once_publishes_an_id_once_across_nodes() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _a_rx) = layer(&redis, &prefix);
+    let (b, mut b_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    ready(&b).await;
+    let g = group("once");
+    b.subscribe(&g).await.expect("subscribe");
+    let window = Duration::from_secs(30);
+    let first = a
+        .publish_once(&g, Payload::text("x"), "id-1", window)
+        .await
+        .expect("publish");
+    assert_eq!(first.map(|p| p.offset), Some(1));
+    // The same id from another node, or again from the same one: nothing published.
+    for node in [&b, &a] {
+        let again = node
+            .publish_once(&g, Payload::text("x"), "id-1", window)
+            .await
+            .expect("publish");
+        assert_eq!(again, None);
+    }
+    // Another id, and a plain publish, go through.
+    let other = b
+        .publish_once(&g, Payload::text("y"), "id-2", window)
+        .await
+        .expect("publish");
+    assert_eq!(other.map(|p| p.offset), Some(2));
+    b.publish(&g, Payload::text("z")).await.expect("publish");
+    let got: Vec<(u64, Payload)> = [
+        recv_within(&mut b_rx, Duration::from_secs(5)).await,
+        recv_within(&mut b_rx, Duration::from_secs(5)).await,
+        recv_within(&mut b_rx, Duration::from_secs(5)).await,
+    ]
+    .into_iter()
+    .map(|m| (m.offset, m.payload))
+    .collect();
+    assert_eq!(
+        got,
+        [
+            (1, Payload::text("x")),
+            (2, Payload::text("y")),
+            (3, Payload::text("z"))
+        ]
+    );
+}

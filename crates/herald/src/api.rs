@@ -75,15 +75,17 @@ pub(crate) async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: the layer is connected, so publishing works.
+/// `GET /readyz`: the layer is connected, so publishing works, and so is the Django bridge
+/// when enabled (its Redis answers and memberships are written).
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.layer.is_ready() && !state.shutdown.is_cancelled() {
+    let django_ready = state.django.as_ref().is_none_or(|bridge| bridge.is_ready());
+    if state.layer.is_ready() && django_ready && !state.shutdown.is_cancelled() {
         Json(json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "the layer is not connected or the server is draining",
+            "the layer (or the Django bridge's Redis) is not connected, or the server is draining",
         )
         .into_response()
     }
@@ -91,7 +93,8 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut families = state.metrics.families();
+    let django_published = state.django.as_ref().map_or(0, |b| b.stats().published);
+    let mut families = state.metrics.families(django_published);
     families.extend(
         extra_metrics(&state)
             .into_iter()
@@ -158,6 +161,41 @@ fn extra_metrics(state: &AppState) -> Vec<(&'static str, &'static str, u64)> {
                 "herald_django_backlog_capacity",
                 "Capacity of that queue; near it channels_redis drops silently (gauge).",
                 s.backlog_capacity,
+            ),
+            (
+                "herald_django_dropped_oversized_total",
+                "Django messages over limits.max_publish_bytes (dropped, not delivered).",
+                s.dropped_oversized,
+            ),
+            (
+                "herald_django_dropped_unrenderable_total",
+                "Django messages payload = \"event\" cannot render as JSON (dropped).",
+                s.dropped_unrenderable,
+            ),
+            (
+                "herald_django_encrypt_failures_total",
+                "Sends to Django not made: the OS random generator failed.",
+                s.encrypt_failures,
+            ),
+            (
+                "herald_django_membership_repairs_total",
+                "Refreshes that found herald's channels group membership gone and re-added it.",
+                s.membership_repairs,
+            ),
+            (
+                "herald_django_membership_ttl_repairs_total",
+                "Refreshes that found a group key's TTL cut short and re-armed it.",
+                s.membership_ttl_repairs,
+            ),
+            (
+                "herald_django_capacity_reached_total",
+                "Times herald's queue reached django_capacity (Django drops silently while full).",
+                s.capacity_reached,
+            ),
+            (
+                "herald_django_queue_depth",
+                "Messages in herald's channels_redis queue before the last pop (gauge).",
+                s.queue_depth,
             ),
         ]);
     }

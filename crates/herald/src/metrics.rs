@@ -313,8 +313,9 @@ impl Metrics {
         ]
     }
 
-    /// This server's own metrics, read now.
-    pub fn families(&self) -> Vec<Family> {
+    /// This server's own metrics, read now. `django_published` is the Django bridge's
+    /// count of messages it published (0 without the bridge).
+    pub fn families(&self, django_published: u64) -> Vec<Family> {
         let gauges = [
             (
                 "herald_connections",
@@ -342,11 +343,6 @@ impl Metrics {
                 "herald_connections_rejected_total",
                 "Connections refused for a limit (close 1013).",
                 &self.connections_rejected,
-            ),
-            (
-                "herald_messages_published_total",
-                "Messages published through this node.",
-                &self.messages_published,
             ),
             (
                 "herald_publish_failures_total",
@@ -431,6 +427,19 @@ impl Metrics {
         families.extend(counters.into_iter().map(|(name, help, counter)| {
             Family::single(name, help, value(counter.load(Ordering::Relaxed)))
         }));
+        let source = |s: &'static str| vec![(Cow::Borrowed("source"), Cow::Borrowed(s))];
+        families.push(Family {
+            name: "herald_messages_published_total",
+            help: "Messages published through this node, by source: the publish API, or Django through the bridge.",
+            kind: Kind::Counter,
+            samples: vec![
+                (
+                    source("api"),
+                    value(self.messages_published.load(Ordering::Relaxed)),
+                ),
+                (source("django"), value(django_published)),
+            ],
+        });
         families.extend(self.hook.metrics().into_iter().map(|metric| {
             Family {
                 name: metric.name,

@@ -59,6 +59,19 @@ impl Layer for NodeLayer {
         }
     }
 
+    async fn publish_once(
+        &self,
+        group: &GroupName,
+        payload: Payload,
+        id: &str,
+        window: std::time::Duration,
+    ) -> Result<Option<Position>, LayerError> {
+        match self {
+            Self::Memory(l) => l.publish_once(group, payload, id, window).await,
+            Self::Redis(l) => l.publish_once(group, payload, id, window).await,
+        }
+    }
+
     async fn publish_batch(
         &self,
         items: Vec<(GroupName, Payload)>,

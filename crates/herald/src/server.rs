@@ -166,6 +166,8 @@ pub async fn serve(
         let bridge = herald_django::DjangoBridge::start(
             config.django.clone(),
             layer.clone(),
+            // One size limit for every message, whether from the API or from Django.
+            config.limits.max_publish_bytes,
             stop_background.clone(),
         )
         .await?;

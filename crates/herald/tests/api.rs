@@ -184,7 +184,8 @@ async fn health_readiness_and_metrics() {
     for line in [
         "herald_connections 1",
         "herald_groups 1",
-        "herald_messages_published_total 1",
+        "herald_messages_published_total{source=\"api\"} 1",
+        "herald_messages_published_total{source=\"django\"} 0",
         "herald_frames_delivered_total 1",
         "herald_frames_dropped_total 0",
         "herald_outbox_overflows_total 0",

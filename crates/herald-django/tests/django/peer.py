@@ -1,6 +1,9 @@
 """Django-side actions for the herald-django tests, one per subcommand.
 
-  send GROUP TEXT [COUNT] [bytes|none|text] [TYPE]   group_send COUNT times
+  send GROUP TEXT [COUNT] [KIND] [TYPE]              group_send COUNT times; KIND:
+      text (default): {"text": TEXT}     bytes: {"bytes": TEXT}     none: no body
+      seq: {"text": TEXT + index}        message: {"message": TEXT} (Channels' tutorial)
+      big: {"text": "x" * int(TEXT)}
   send_channel CHANNEL TEXT                           layer.send to one channel
   recv GROUP COUNT TIMEOUT                            join GROUP, print COUNT messages
   join GROUP                                          join GROUP and exit, staying a member
@@ -44,6 +47,12 @@ async def send(group, text, count, kind, msg_type):
             message["text"] = text
         elif kind == "bytes":
             message["bytes"] = text.encode()
+        elif kind == "seq":
+            message["text"] = f"{text}{i}"
+        elif kind == "message":
+            message["message"] = text
+        elif kind == "big":
+            message["text"] = "x" * int(text)
         await channel_layer.group_send(group, message)
     emit({"sent": count})
 

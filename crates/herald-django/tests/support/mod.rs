@@ -351,7 +351,7 @@ pub async fn start_nodes(
 ) -> Vec<DjangoBridge> {
     let mut nodes = Vec::new();
     for _ in 0..n {
-        let bridge = DjangoBridge::start(config.clone(), sink.clone(), shutdown.clone())
+        let bridge = DjangoBridge::start(config.clone(), sink.clone(), 1 << 20, shutdown.clone())
             .await
             .unwrap();
         for g in groups {
