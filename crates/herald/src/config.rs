@@ -425,7 +425,7 @@ pub struct Limits {
     /// limit, so stalled requests cannot take the descriptors WebSockets need.
     pub max_http_connections: usize,
     /// The same per client address (IPv6: per /64); past it 429 and closed. Trusted
-    /// proxies are exempt (their clients share the proxy's address). Default 128.
+    /// proxies are exempt (their clients share the proxy's address). Default 256.
     pub max_http_connections_per_ip: usize,
     /// Time allowed for a whole request body; a slower one is answered 408 and its
     /// connection closed. Default `10s`.
@@ -451,7 +451,7 @@ impl Default for Limits {
             max_groups_per_connection: 64,
             trusted_proxies: Vec::new(),
             max_http_connections: 10_000,
-            max_http_connections_per_ip: 128,
+            max_http_connections_per_ip: 256,
             body_timeout: Duration::from_secs(10),
             body_min_rate: 1024,
         }

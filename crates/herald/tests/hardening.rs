@@ -361,14 +361,14 @@ async fn stalled_requests_from_one_address_leave_healthz_and_clients_working() {
     let mut client = support::WsClient::connect(&herald.ws_url("/message/1/stream/"))
         .await
         .expect("connect");
-    // Past the per-address cap (128), connections are answered 429 and closed at once;
+    // Past the per-address cap (256), connections are answered 429 and closed at once;
     // the others hang, holding their descriptors.
     let mut held = Vec::new();
     let mut refused = 0;
     for i in 0..1100 {
         let mut stream = stalled_body("127.0.0.1", herald.addr, 1_000_000).await;
         let mut response = Vec::new();
-        let wait = Duration::from_millis(if held.len() < 128 { 30 } else { 2000 });
+        let wait = Duration::from_millis(if held.len() < 256 { 30 } else { 2000 });
         match tokio::time::timeout(wait, stream.read_to_end(&mut response)).await {
             Err(_) if response.is_empty() => held.push(stream),
             _ => {
@@ -378,8 +378,8 @@ async fn stalled_requests_from_one_address_leave_healthz_and_clients_working() {
             }
         }
     }
-    assert_eq!(held.len(), 128, "limits.max_http_connections_per_ip");
-    assert_eq!(refused, 1100 - 128);
+    assert_eq!(held.len(), 256, "limits.max_http_connections_per_ip");
+    assert_eq!(refused, 1100 - 256);
     assert_eq!(healthz_from("127.0.0.2", herald.addr).await, 200);
     let (status, _) = support::http(herald.addr, "GET", "/healthz", &[], b"").await;
     assert_eq!(
