@@ -356,31 +356,17 @@ impl Layer for MemoryLayer {
         &self,
         items: Vec<(GroupName, Payload)>,
     ) -> Result<Vec<Position>, (usize, LayerError)> {
-        // The same as `publish` one by one, with one reservation and one lock per chunk.
-        let mut positions = Vec::with_capacity(items.len());
-        let chunk_len = self.shared.tx.max_capacity().max(1);
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            let chunk: Vec<_> = items.by_ref().take(chunk_len).collect();
-            let mut permits = match self.shared.tx.reserve_many(chunk.len()).await {
-                Ok(permits) => permits,
-                Err(_) => return Err((positions.len(), LayerError::Closed)),
-            };
-            let now = Instant::now();
-            let bounds = self.shared.bounds();
-            let mut state = self.lock();
-            for (group, payload) in chunk {
-                let (message, subscribed) = state.append(&group, payload, &bounds, now);
-                positions.push(message.position());
-                if subscribed {
-                    // One permit was reserved per item, so one is always left here.
-                    if let Some(permit) = permits.next() {
-                        permit.send(message);
-                    }
-                }
-            }
-        }
-        Ok(positions)
+        // The keyed path without keys: one reservation and one lock per chunk.
+        let items = items
+            .into_iter()
+            .map(|(group, payload)| KeyedItem {
+                group,
+                payload,
+                key: None,
+            })
+            .collect();
+        let published = self.publish_idempotent(items, Duration::ZERO).await?;
+        Ok(published.into_iter().map(|p| p.position).collect())
     }
 
     async fn publish_idempotent(
@@ -388,8 +374,9 @@ impl Layer for MemoryLayer {
         items: Vec<KeyedItem>,
         window: Duration,
     ) -> Result<Vec<Published>, (usize, LayerError)> {
-        // Like `publish_batch`; the key check, the append and the record happen under one
-        // lock, so two concurrent retries cannot both publish.
+        // The same as `publish` one by one, with one reservation and one lock per chunk; the
+        // key check, the append and the record happen under that lock, so two concurrent
+        // retries cannot both publish.
         let mut published = Vec::with_capacity(items.len());
         let chunk_len = self.shared.tx.max_capacity().max(1);
         let mut items = items.into_iter().peekable();

@@ -124,17 +124,7 @@ async fn exchange(mut stream: TcpStream, request: &[u8]) -> (u16, String) {
     let mut response = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response));
     let _ = read.await.expect("an answer within 10 s");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    support::parse_response(&response)
 }
 
 /// The `error` code of a JSON error body (panics when the body is not one).
@@ -142,6 +132,14 @@ fn error_code(body: &str) -> String {
     let json: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body ({e}): {body:?}"));
     json["error"].as_str().expect("error code").to_string()
+}
+
+/// Sends `request` to `herald` and checks the answer: `status` with the JSON error `code`.
+async fn assert_refused(herald: &Herald, request: &str, status: u16, code: &str) {
+    let stream = connect_from("127.0.0.1", herald.addr).await;
+    let (got, body) = exchange(stream, request.as_bytes()).await;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(error_code(&body), code);
 }
 
 async fn healthz_from(from: &str, addr: SocketAddr) -> u16 {
@@ -600,13 +598,7 @@ async fn an_http10_upgrade_is_refused_with_json() {
     let herald = Herald::start("", &[], None);
     let request = upgrade_request(&herald.addr.to_string(), "/message/1/stream/", &[])
         .replacen("HTTP/1.1", "HTTP/1.0", 1);
-    let (status, body) = exchange(
-        connect_from("127.0.0.1", herald.addr).await,
-        request.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert_eq!(error_code(&body), "bad_upgrade");
+    assert_refused(&herald, &request, 400, "bad_upgrade").await;
 }
 
 #[tokio::test]
@@ -614,26 +606,14 @@ async fn too_many_headers_answer_431_with_json() {
     let herald = Herald::start("", &[], None);
     let headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
-    let (status, body) = exchange(
-        connect_from("127.0.0.1", herald.addr).await,
-        request.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 431);
-    assert_eq!(error_code(&body), "headers_too_large");
+    assert_refused(&herald, &request, 431, "headers_too_large").await;
 }
 
 #[tokio::test]
 async fn a_url_over_64_kib_answers_414_with_json() {
     let herald = Herald::start("", &[], None);
     let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
-    let (status, body) = exchange(
-        connect_from("127.0.0.1", herald.addr).await,
-        request.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 414);
-    assert_eq!(error_code(&body), "uri_too_long");
+    assert_refused(&herald, &request, 414, "uri_too_long").await;
 }
 
 #[tokio::test]
@@ -662,26 +642,14 @@ async fn the_bearer_scheme_is_case_insensitive() {
 async fn a_request_without_host_is_refused() {
     let herald = Herald::start("", &[], None);
     let request = upgrade_request("x", "/message/1/stream/", &[]).replacen("Host: x\r\n", "", 1);
-    let (status, body) = exchange(
-        connect_from("127.0.0.1", herald.addr).await,
-        request.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert_eq!(error_code(&body), "bad_host");
+    assert_refused(&herald, &request, 400, "bad_host").await;
 }
 
 #[tokio::test]
 async fn a_request_with_two_hosts_is_refused() {
     let herald = Herald::start("", &[], None);
     let request = upgrade_request("x", "/message/1/stream/", &[("Host", "y")]);
-    let (status, body) = exchange(
-        connect_from("127.0.0.1", herald.addr).await,
-        request.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert_eq!(error_code(&body), "bad_host");
+    assert_refused(&herald, &request, 400, "bad_host").await;
 }
 
 #[tokio::test]

@@ -146,7 +146,12 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let response = tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .expect("http response within 10 s");
-    let text = String::from_utf8_lossy(&response).into_owned();
+    parse_response(&response)
+}
+
+/// The status (0 when there is none) and the body of a raw HTTP response.
+pub fn parse_response(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(response).into_owned();
     let status = text
         .split_whitespace()
         .nth(1)
