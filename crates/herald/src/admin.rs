@@ -81,10 +81,7 @@ impl Admin {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, key) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
-            })
+            .and_then(crate::api::bearer)
             .is_some_and(|key| constant_time_eq(key.as_bytes(), self.key.as_bytes()))
     }
 
@@ -149,6 +146,16 @@ fn unauthorized() -> ApiError {
     )
 }
 
+/// The admin side, when the request carries the admin key; else 404 (off) or 401.
+fn authorized<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s Admin, ApiError> {
+    let admin = enabled(state)?;
+    if admin.authorized(headers) {
+        Ok(admin)
+    } else {
+        Err(unauthorized())
+    }
+}
+
 fn enabled(state: &AppState) -> Result<&Admin, ApiError> {
     state.admin.as_deref().ok_or_else(|| {
         ApiError::new(
@@ -183,10 +190,7 @@ pub(crate) async fn session(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let admin = enabled(&state)?;
-    if !admin.authorized(&headers) {
-        return Err(unauthorized());
-    }
+    let admin = authorized(&state, &headers)?;
     Ok(Json(json!({
         "session": admin.open_session(),
         "expires_in": SESSION_TTL.as_secs(),
@@ -219,10 +223,7 @@ pub(crate) async fn cluster(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let admin = enabled(&state)?;
-    if !admin.authorized(&headers) {
-        return Err(unauthorized());
-    }
+    let admin = authorized(&state, &headers)?;
     let nodes = latest_reports(&state).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -276,10 +277,7 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let admin = enabled(&state)?;
-    if !admin.authorized(&headers) {
-        return Err(unauthorized());
-    }
+    authorized(&state, &headers)?;
     let message: TestMessage = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

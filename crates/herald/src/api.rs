@@ -849,7 +849,7 @@ fn check_browser_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Api
 
 /// The credentials of `Authorization: Bearer <key>`; the scheme is case-insensitive
 /// (RFC 9110 §11.1) and may be followed by several spaces.
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
