@@ -100,8 +100,22 @@ pub(crate) struct AppState {
     pub(crate) admin: Option<Arc<Admin>>,
     /// Open WebSockets per route (same index as `routes`).
     pub(crate) route_connections: Vec<AtomicI64>,
+    /// Open SSE streams per route (same index as `routes`).
+    pub(crate) route_sse_connections: Vec<AtomicI64>,
+    /// Log lines for unusable SSE `Last-Event-ID`s, one per burst.
+    pub(crate) last_event_id_log: BurstLog,
     /// The connect hook, when `[hook] url` is set.
     pub(crate) hook: Option<crate::hook::Hook>,
+}
+
+impl AppState {
+    /// Open connections per route for one transport (same index as `routes`).
+    pub(crate) fn route_connections(&self, transport: crate::ws::Transport) -> &[AtomicI64] {
+        match transport {
+            crate::ws::Transport::WebSocket => &self.route_connections,
+            crate::ws::Transport::Sse => &self.route_sse_connections,
+        }
+    }
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -232,6 +246,8 @@ pub async fn serve(
         body_timeout_log: BurstLog::default(),
         origin_refused_log: BurstLog::default(),
         route_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
+        route_sse_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
+        last_event_id_log: BurstLog::default(),
         admin,
         hook,
     });
