@@ -462,3 +462,71 @@ async fn idle_streams_get_heartbeat_comments() {
     let block = client.next_block(Duration::from_secs(2)).await.unwrap();
     assert!(block.comment && block.data.is_none(), "{block:?}");
 }
+
+/// Resident memory of this process (the server runs in it), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_streams_stay_small_and_leave_others_unharmed() {
+    use tokio::io::AsyncWriteExt;
+    const STREAMS: usize = 2000;
+    let mut config = Config::default();
+    config.limits.max_connections_per_ip = 10_000;
+    config.limits.max_http_connections_per_ip = 10_000;
+    let server = TestServer::with_config(config).await;
+    let before = rss_kib();
+    let mut idle = Vec::with_capacity(STREAMS);
+    for i in 0..STREAMS {
+        let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(server.addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let request = format!(
+            "GET /message/idle{i}/stream/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        // Never read from.
+        idle.push(stream);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "herald_transport_connections{transport=\"sse\"}").await < STREAMS as i64
+    {
+        assert!(
+            Instant::now() < until,
+            "the idle streams were not all opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grown = rss_kib().saturating_sub(before);
+    let per_stream = grown * 1024 / STREAMS as u64;
+    eprintln!("{per_stream} bytes of resident memory per idle stream");
+    assert!(
+        per_stream < 48 * 1024,
+        "{per_stream} bytes of resident memory per idle stream"
+    );
+    // Another stream still gets its messages at once, while the idle ones hold theirs.
+    let mut client = open_stream(&server, STREAM, &[]).await;
+    for i in (0..STREAMS).step_by(100) {
+        let (status, _) = server
+            .publish(&format!(r#"{{"group":"user.idle{i}","text":"hello"}}"#))
+            .await;
+        assert_eq!(status, 200);
+    }
+    publish_n(&server, "user.42", 1..=5).await;
+    expect_messages(&mut client, 1..=5).await;
+    drop(idle);
+    let until = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "herald_transport_connections{transport=\"sse\"}").await > 1 {
+        assert!(Instant::now() < until, "closed streams were not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
