@@ -59,6 +59,10 @@ impl SseClient {
             .await
             .expect("response head in time")
             .expect("response");
+        Self::from_response(response)
+    }
+
+    fn from_response(response: hyper::Response<Incoming>) -> Self {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         Self {
@@ -529,4 +533,118 @@ async fn two_thousand_idle_streams_stay_small_and_leave_others_unharmed() {
         assert!(Instant::now() < until, "closed streams were not released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn http2_carries_two_streams_and_a_publish_on_one_tls_connection() {
+    use std::sync::Arc;
+    use support::raw::RawWs;
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::crypto::ring;
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("herald-h2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, generated.cert.pem()).unwrap();
+    std::fs::write(&key_path, generated.signing_key.serialize_pem()).unwrap();
+    let mut config = Config::default();
+    config.tls.cert = Some(cert_path);
+    config.tls.key = Some(key_path);
+    let server = TestServer::with_config_unchecked(config).await;
+
+    let mut roots = RootCertStore::empty();
+    roots.add(generated.cert.der().clone()).unwrap();
+    let connect = |alpn: &[u8]| {
+        let mut client = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        let connector = TlsConnector::from(Arc::new(client));
+        let addr = server.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            timeout(WAIT, connector.connect(name, tcp))
+                .await
+                .expect("tls handshake in time")
+                .expect("tls handshake")
+        }
+    };
+
+    let tls = connect(b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = |method: &str, path: &str, body: &str| {
+        hyper::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"))
+            .header("accept", "text/event-stream")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let mut streams = Vec::new();
+    for path in ["/message/42/stream/", "/message/43/stream/"] {
+        let mut sender = sender.clone();
+        let response = timeout(WAIT, sender.send_request(request("GET", path, "")))
+            .await
+            .expect("stream head in time")
+            .expect("stream");
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let mut client = SseClient::from_response(response);
+        assert_eq!(client.status, 200);
+        client.next_block(WAIT).await.expect("opening block");
+        streams.push(client);
+    }
+    for group in ["user.42", "user.43"] {
+        let body = format!(r#"{{"group":"{group}","text":"over h2"}}"#);
+        let mut sender = sender.clone();
+        let response = timeout(
+            WAIT,
+            sender.send_request(request("POST", "/api/publish", &body)),
+        )
+        .await
+        .expect("publish in time")
+        .expect("publish");
+        assert_eq!(response.status(), 200);
+    }
+    for client in &mut streams {
+        let event = client.next_event(WAIT).await;
+        assert_eq!(event.data.as_deref(), Some("over h2"));
+    }
+
+    // WebSockets keep HTTP/1.1 on the same port.
+    let mut ws = RawWs::new(connect(b"http/1.1").await);
+    ws.upgrade("/message/44/stream/", &[]).await;
+    let mut sender = sender.clone();
+    let response = timeout(
+        WAIT,
+        sender.send_request(request(
+            "POST",
+            "/api/publish",
+            r#"{"group":"user.44","text":"over wss"}"#,
+        )),
+    )
+    .await
+    .expect("publish in time")
+    .expect("publish");
+    assert_eq!(response.status(), 200);
+    let frame = ws
+        .next_frame(Instant::now() + WAIT)
+        .await
+        .expect("a frame over wss");
+    assert_eq!(&frame.payload[..], b"over wss");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
