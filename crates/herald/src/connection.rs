@@ -6,7 +6,7 @@
 //! queue in the outbox) → read history after each client position → `welcome` → replay →
 //! release the queued live frames, skipping offsets already replayed. Subscribing before
 //! reading history is what makes the replay gap-free; skipping is what makes it
-//! duplicate-free.
+//! duplicate-free. SSE streams (`sse.rs`) resume through the same [`Connection::resume`].
 
 use std::io;
 use std::sync::Arc;
@@ -48,9 +48,9 @@ pub struct Connection {
     pub(crate) state: Arc<AppState>,
     /// Set once the connection joined its groups in the hub.
     pub(crate) joined: bool,
-    /// Per group: the last offset sent to the client (herald.v1 only).
+    /// Per group: the last offset sent to the client (herald.v1 and SSE).
     pub(crate) last_sent: Vec<u64>,
-    /// Per group: the epoch tag of the history those offsets belong to (herald.v1 only).
+    /// Per group: the epoch tag of the history those offsets belong to (herald.v1 and SSE).
     pub(crate) epochs: Vec<u32>,
     /// When the connection's token stops being valid: it is closed with 4003 then.
     pub(crate) expires: Option<Instant>,

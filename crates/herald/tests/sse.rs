@@ -318,6 +318,24 @@ async fn huge_last_event_id_is_a_first_visit() {
 }
 
 #[tokio::test]
+async fn megabyte_last_event_id_is_refused_with_431_and_a_json_body() {
+    let server = TestServer::start().await;
+    let id = "user.42:1:abc,".repeat(75_000);
+    let (status, body) = support::http(
+        server.addr,
+        "GET",
+        STREAM,
+        &[("Accept", "text/event-stream"), ("Last-Event-ID", &id)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 431);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "headers_too_large");
+    assert_eq!(support::get_status(server.addr, "/healthz").await, 200);
+}
+
+#[tokio::test]
 async fn offset_over_u64_is_a_first_visit() {
     hostile_id_is_a_first_visit_or_resync("user.42:99999999999999999999999999:abc", false).await;
 }
