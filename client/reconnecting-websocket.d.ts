@@ -85,6 +85,19 @@ export interface Options {
   watchNetwork?: boolean;
   /** WebSocket implementation (tests, Node without a global WebSocket). */
   WebSocket?: new (url: string, protocols?: string | string[]) => any;
+  /**
+   * Transports to use: WebSocket first, Server-Sent Events after `sseAfter` WebSocket attempts
+   * in a row that never opened (a proxy stripping Upgrade). 'auto' = ['websocket', 'sse'] for
+   * the host that served /herald.js, else ['websocket']. Default 'auto'. SSE only receives:
+   * send() while on SSE queues or throws as when disconnected.
+   */
+  transports?: 'auto' | Array<'websocket' | 'sse'>;
+  /** WebSocket attempts in a row that never opened before falling back to SSE. Default 3. */
+  sseAfter?: number;
+  /** Time on SSE (ms) before WebSocket is tried again. Default 60000. */
+  websocketRetryInterval?: number;
+  /** EventSource implementation (tests). */
+  EventSource?: new (url: string) => any;
 }
 
 export interface OpenEvent extends Event {
@@ -221,6 +234,9 @@ declare class ReconnectingWebSocket extends EventTarget {
   persistPositions: boolean | string;
   maxPingDelay: number;
   watchNetwork: boolean;
+  transports: 'auto' | Array<'websocket' | 'sse'>;
+  sseAfter: number;
+  websocketRetryInterval: number;
 
   /** The url argument; with a provider function, the last URL it returned. */
   url: string;
@@ -236,8 +252,10 @@ declare class ReconnectingWebSocket extends EventTarget {
   readonly bufferedAmount: number;
   readonly extensions: string;
   readonly state: ConnectionState;
-  /** herald.v1: last handled position per group (a copy). */
+  /** herald.v1 and SSE: last handled position per group (a copy). */
   readonly positions: Record<string, StreamPosition>;
+  /** The transport in use: 'websocket', or 'sse' after a fallback. */
+  readonly transport: 'websocket' | 'sse';
 
   get onopen(): AnyHandler;
   set onopen(handler: Handler<OpenEvent>);

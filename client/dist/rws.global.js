@@ -73,6 +73,11 @@
     persistPositions: false,
     maxPingDelay: 10000,
     watchNetwork: true,
+    // SSE fallback (DESIGN.md §14): 'auto' = ['websocket', 'sse'] when the server is herald (the
+    // host that served /herald.js), else ['websocket'].
+    transports: 'auto',
+    sseAfter: 3,
+    websocketRetryInterval: 60000,
   };
 
   const QUEUE_DEFAULTS = { max: 100, maxBytes: 1048576, ttlMs: 30000 };
@@ -173,6 +178,84 @@
     return parsed.href;
   }
 
+  // The EventSource URL for a ws(s) URL, with the stream positions to resume from (herald reads
+  // `last_event_id` when the Last-Event-ID header cannot be set, as on a fresh EventSource).
+  function toEventSourceUrl(socketUrl, lastEventId) {
+    let url = String(socketUrl).replace(/^ws(s?):/i, 'http$1:');
+    if (lastEventId) url += (url.indexOf('?') < 0 ? '?' : '&') + 'last_event_id=' + encodeURIComponent(lastEventId);
+    return url;
+  }
+
+  function base64ToBuffer(text) {
+    const binary = typeof atob === 'function' ? atob(text) : '';
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes.buffer;
+  }
+
+  // An EventSource dressed as the WebSocket the rest of the client drives: onopen / onmessage /
+  // onerror / onclose, readyState, close(). It never reconnects by itself: the first error ends it
+  // (close 1006) and the client's own backoff opens the next one, with the positions it kept.
+  class SseSocket {
+    constructor(Impl, url, binaryType) {
+      this.url = url;
+      this.readyState = CONNECTING;
+      this.protocol = '';
+      this.extensions = '';
+      this.bufferedAmount = 0;
+      this.binaryType = binaryType;
+      this.onopen = this.onclose = this.onmessage = this.onerror = this.onresync = null;
+      const es = new Impl(url);
+      this._es = es;
+      es.onopen = () => {
+        this.readyState = OPEN;
+        this._fire('onopen', { type: 'open' });
+      };
+      es.onmessage = (event) => this._fire('onmessage', { type: 'message', data: event.data, lastEventId: event.lastEventId });
+      es.addEventListener('binary', (event) => {
+        const buffer = base64ToBuffer(event.data);
+        const data = this.binaryType === 'blob' && typeof Blob === 'function' ? new Blob([buffer]) : buffer;
+        this._fire('onmessage', { type: 'message', data: data, lastEventId: event.lastEventId });
+      });
+      es.addEventListener('resync', (event) => this._fire('onresync', event));
+      // herald says why it ends a stream, with the WebSocket close code.
+      es.addEventListener('close', (event) => {
+        let info = {};
+        try {
+          info = JSON.parse(event.data) || {};
+        } catch (err) {
+          // unreadable: a plain end
+        }
+        this._end(typeof info.code === 'number' ? info.code : 1006, typeof info.reason === 'string' ? info.reason : '', true);
+      });
+      es.onerror = () => {
+        if (this.readyState === CLOSED) return;
+        this._fire('onerror', { type: 'error' });
+        this._end(1006, '', false);
+      };
+    }
+
+    send() {
+      throw new Error('the SSE transport only receives');
+    }
+
+    close() {
+      this.readyState = CLOSED;
+      this._es.close();
+    }
+
+    _end(code, reason, wasClean) {
+      if (this.readyState === CLOSED) return;
+      this.close();
+      this._fire('onclose', { type: 'close', code: code, reason: reason, wasClean: wasClean });
+    }
+
+    _fire(name, event) {
+      const handler = this[name];
+      if (typeof handler === 'function') handler.call(this, event);
+    }
+  }
+
   function parseHeader(text) {
     try {
       const header = JSON.parse(text);
@@ -226,6 +309,10 @@
 
       this._protocols = protocols;
       this._WebSocket = options.WebSocket || null;
+      this._EventSource = options.EventSource || null;
+      this._transport = 'websocket';
+      this._wsFailures = 0; // consecutive WebSocket attempts that never opened
+      this._sseSince = 0;
       this._binaryType = options.binaryType || 'blob';
       this._ctx = null; // the current attempt: its socket, mode and timers
       this._state = 'connecting';
@@ -287,7 +374,12 @@
       return ws && ws.extensions ? ws.extensions : '';
     }
 
-    /** A copy of the last position handled per group: {group: {o, e}} (herald.v1 only). */
+    /** 'websocket', or 'sse' after falling back to Server-Sent Events. */
+    get transport() {
+      return this._transport;
+    }
+
+    /** A copy of the last position handled per group: {group: {o, e}} (herald.v1 and SSE). */
     get positions() {
       const copy = {};
       for (const group of Object.keys(this._positions)) {
@@ -316,14 +408,15 @@
      */
     send(data) {
       const ctx = this._ctx;
-      if (ctx && ctx.opened) {
+      // SSE only receives: sends wait in the queue for the next WebSocket, as while disconnected.
+      if (ctx && ctx.opened && !ctx.sse) {
         this._log('send', data);
         this._transmit(ctx, data);
         return true;
       }
       const limits = this._queueLimits();
       if (!limits) {
-        if (ctx) return this._transmit(ctx, data);
+        if (ctx && !ctx.sse) return this._transmit(ctx, data);
         throw LEGACY_SEND_ERROR;
       }
       this._expireQueue(limits);
@@ -457,14 +550,20 @@
     _connect(url, protocols, reconnectAttempt, announce) {
       if (this._urlProvider) this.url = String(url);
       const target = toSocketUrl(url);
-      const offered = this._offer(protocols, target);
-      const Impl = this._WebSocket || hostGlobal().WebSocket;
+      if (this._transport === 'sse' && Date.now() - this._sseSince >= this.websocketRetryInterval) {
+        // Time to try WebSocket again; one more failure that never opens goes back to SSE.
+        this._transport = 'websocket';
+        this._wsFailures = Math.max(0, this.sseAfter - 1);
+      }
+      const sse = this._transport === 'sse';
+      const offered = sse ? [] : this._offer(protocols, target);
+      const Impl = sse ? this._eventSourceImpl() : this._WebSocket || hostGlobal().WebSocket;
       if (typeof Impl !== 'function') {
         throw new TypeError('ReconnectingWebSocket: no WebSocket implementation; pass options.WebSocket');
       }
       let ws;
       try {
-        ws = new Impl(target, offered);
+        ws = sse ? new SseSocket(Impl, toEventSourceUrl(target, this._lastEventId()), this._binaryType) : new Impl(target, offered);
       } catch (err) {
         if (announce) throw err; // a bad URL throws from the constructor, as with a native WebSocket
         this._providerFailed(reconnectAttempt, err);
@@ -472,6 +571,8 @@
       }
       const ctx = {
         ws: ws,
+        target: target,
+        sse: sse,
         reconnectAttempt: reconnectAttempt,
         offeredHerald: offered.indexOf(HERALD_PROTOCOL) >= 0,
         herald: false,
@@ -496,6 +597,7 @@
       ws.onclose = (event) => this._onSocketClose(ctx, event);
       ws.onmessage = (event) => this._onSocketMessage(ctx, event);
       ws.onerror = (event) => this._onSocketError(ctx, event);
+      if (sse) ws.onresync = (event) => this._onSseResync(ctx, event);
 
       if (announce) this._announceStart();
       this._log('attempt-connect', target);
@@ -512,6 +614,79 @@
       else list = [String(protocols)];
       if (list.indexOf(HERALD_PROTOCOL) < 0 && this._wantsHerald(target)) list.push(HERALD_PROTOCOL);
       return list;
+    }
+
+    _eventSourceImpl() {
+      return this._EventSource || hostGlobal().EventSource;
+    }
+
+    // Whether this connection may fall back to SSE (DESIGN.md §14).
+    _mayUseSse(target) {
+      if (typeof this._eventSourceImpl() !== 'function') return false;
+      if (Array.isArray(this.transports)) return this.transports.indexOf('sse') >= 0;
+      return this.transports === 'auto' && this._wantsHerald(target);
+    }
+
+    // Counts WebSocket attempts that never opened; after `sseAfter` of them in a row, the next
+    // attempts use SSE for `websocketRetryInterval`.
+    _noteWebSocketAttempt(ctx) {
+      if (!ctx.target) return; // a URL provider that failed
+      if (ctx.sse) {
+        // SSE did not open either: the server is likely down, not behind an Upgrade-stripping
+        // proxy. Alternate, so whichever transport works once it is back gets there.
+        if (!ctx.opened) {
+          this._transport = 'websocket';
+          this._wsFailures = Math.max(0, this.sseAfter - 1);
+        }
+        return;
+      }
+      if (ctx.opened) {
+        this._wsFailures = 0;
+        return;
+      }
+      this._wsFailures++;
+      if (this._wsFailures >= this.sseAfter && this._mayUseSse(ctx.target)) {
+        this._log('fallback-sse', ctx.target);
+        this._transport = 'sse';
+        this._sseSince = Date.now();
+        this._wsFailures = 0;
+      }
+    }
+
+    // The SSE id of the positions kept: `group:offset:epoch` per group, joined by ','.
+    _lastEventId() {
+      const parts = [];
+      for (const group of Object.keys(this._positions)) {
+        const pos = this._positions[group];
+        if (typeof pos.o === 'number' && typeof pos.e === 'string') parts.push(group + ':' + pos.o + ':' + pos.e);
+      }
+      return parts.join(',');
+    }
+
+    // Keeps the positions an SSE event's id carries.
+    _takeEventId(id) {
+      if (typeof id !== 'string' || !id) return;
+      for (const part of id.split(',')) {
+        const fields = part.split(':');
+        const offset = Number(fields[1]);
+        if (fields.length === 3 && fields[0] && Number.isSafeInteger(offset)) this._positions[fields[0]] = { o: offset, e: fields[2] };
+      }
+      this._savePositions();
+    }
+
+    _onSseResync(ctx, event) {
+      if (this._ctx !== ctx) return;
+      this._takeEventId(event.lastEventId);
+      let groups = [];
+      try {
+        groups = JSON.parse(event.data).groups || [];
+      } catch (err) {
+        // unreadable: nothing to name
+      }
+      for (const group of groups) {
+        if (this._ctx !== ctx) return;
+        this._emit('resync', { group: group });
+      }
     }
 
     _wantsHerald(target) {
@@ -543,6 +718,11 @@
     _onSocketOpen(ctx) {
       if (this._ctx !== ctx) return;
       ctx.lastRx = Date.now();
+      if (ctx.sse) {
+        // herald resumes from the positions in the URL; a resync event follows when it cannot.
+        this._becomeOpen(ctx, this._lastEventId() !== '');
+        return;
+      }
       if (ctx.offeredHerald && ctx.ws.protocol === HERALD_PROTOCOL) {
         // §5.5: say where we are and wait for the welcome (still under the connect timeout)
         // before telling the page the socket is open.
@@ -596,6 +776,11 @@
       if (this._ctx !== ctx) return;
       ctx.lastRx = Date.now();
       ctx.grace = false;
+      if (ctx.sse) {
+        this._takeEventId(event.lastEventId);
+        this._emit('message', { data: event.data });
+        return;
+      }
       if (!ctx.herald) {
         this._log('onmessage', this.url, event.data);
         this._emit('message', { data: event.data });
@@ -625,6 +810,7 @@
       const ws = ctx.ws;
       if (!ws) return;
       ws.onopen = ws.onclose = ws.onmessage = ws.onerror = null;
+      if (ctx.sse) ws.onresync = null;
       try {
         if (typeof code === 'undefined') ws.close();
         else ws.close(code, reason);
@@ -653,6 +839,7 @@
      */
     _afterDrop(ctx, closeInfo, opts) {
       if (ctx.ws) this._discard(ctx);
+      this._noteWebSocketAttempt(ctx);
       const fields = { code: closeInfo.code, reason: closeInfo.reason, wasClean: closeInfo.wasClean };
       if (closeInfo.timeout) fields.timeout = true;
       if (this._forcedClose) {
@@ -1032,6 +1219,7 @@
     }
 
     _flushQueue(ctx) {
+      if (ctx.sse) return; // SSE only receives: the queue waits for a WebSocket
       const limits = this._queueLimits();
       if (limits) this._expireQueue(limits);
       while (this._queue.length && this._ctx === ctx) {

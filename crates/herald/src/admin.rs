@@ -352,10 +352,14 @@ fn report(state: &AppState, admin: &Admin) -> Value {
         .routes
         .iter()
         .zip(state.route_connections.iter())
-        .map(|(route, n)| {
+        .zip(state.route_sse_connections.iter())
+        .map(|((route, n), sse)| {
             json!({
                 "path": route.pattern(),
-                "connections": {"websocket": n.load(Ordering::Relaxed).max(0)},
+                "connections": {
+                    "websocket": n.load(Ordering::Relaxed).max(0),
+                    "sse": sse.load(Ordering::Relaxed).max(0),
+                },
             })
         })
         .collect();

@@ -6,7 +6,7 @@
 //! queue in the outbox) → read history after each client position → `welcome` → replay →
 //! release the queued live frames, skipping offsets already replayed. Subscribing before
 //! reading history is what makes the replay gap-free; skipping is what makes it
-//! duplicate-free.
+//! duplicate-free. SSE streams (`sse.rs`) resume through the same [`Connection::resume`].
 
 use std::io;
 use std::sync::Arc;
@@ -48,10 +48,10 @@ pub struct Connection {
     pub(crate) state: Arc<AppState>,
     /// Set once the connection joined its groups in the hub.
     pub(crate) joined: bool,
-    /// Per group: the last offset sent to the client (herald.v1 only).
-    last_sent: Vec<u64>,
-    /// Per group: the epoch tag of the history those offsets belong to (herald.v1 only).
-    epochs: Vec<u32>,
+    /// Per group: the last offset sent to the client (herald.v1 and SSE).
+    pub(crate) last_sent: Vec<u64>,
+    /// Per group: the epoch tag of the history those offsets belong to (herald.v1 and SSE).
+    pub(crate) epochs: Vec<u32>,
     /// When the connection's token stops being valid: it is closed with 4003 then.
     pub(crate) expires: Option<Instant>,
     /// A `herald.v1` connection on a token route authorizes after its hello; boxed so
@@ -63,6 +63,16 @@ pub struct Connection {
     /// The plain TCP socket under the WebSocket, for the hub's direct writes (plain mode
     /// without TLS only: `herald.v1` frames pass the task's replay filter).
     pub(crate) direct: Option<Arc<TcpStream>>,
+}
+
+/// The outcome of [`Connection::resume`].
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    /// Per group (in the connection's order): its current position, and whether the
+    /// client's position was covered (`true` on a first visit too).
+    pub(crate) currents: Vec<(Position, bool)>,
+    /// The missed messages to send before the live ones, oldest first per group.
+    pub(crate) replay: Vec<herald_core::Message>,
 }
 
 /// What a `herald.v1` connection needs to authorize once its `hello` arrived.
@@ -91,7 +101,7 @@ pub(crate) struct HookSession {
 
 /// Re-asks the hook every refresh period (or at the answer's `expires_in`) until it
 /// refuses; returns the close reason then. Hook errors keep the connection.
-async fn refresh_until_refused(
+pub(crate) async fn refresh_until_refused(
     state: Arc<AppState>,
     session: HookSession,
     groups: Vec<GroupName>,
@@ -162,7 +172,7 @@ impl Connection {
     }
 
     /// Leaves every group; the subscriptions task unsubscribes the ones now empty here.
-    async fn leave(&mut self) {
+    pub(crate) async fn leave(&mut self) {
         if !self.joined {
             return;
         }
@@ -192,7 +202,8 @@ impl Connection {
         // state (history, replay frames, timers), which would otherwise be part of every
         // connection's task for its whole life, idle or not.
         let end = match self.outbox.shared().mode() {
-            Mode::Plain => self.run(&mut rd, &mut wr, &mut reader).await,
+            // SSE streams never reach this task (see `sse.rs`).
+            Mode::Plain | Mode::Sse => self.run(&mut rd, &mut wr, &mut reader).await,
             Mode::V1 => match Box::pin(self.handshake_v1(&mut rd, &mut wr, &mut reader)).await {
                 Ok(()) => self.run(&mut rd, &mut wr, &mut reader).await,
                 Err(end) => end,
@@ -246,26 +257,12 @@ impl Connection {
             self.authorize(hello.token.as_deref(), *pending)?;
         }
         self.join().await;
-        let mut currents: Vec<(Position, bool)> = Vec::with_capacity(self.groups.len());
-        let mut replay: Vec<Bytes> = Vec::new();
-        for (slot, group) in self.groups.iter().enumerate() {
-            let since = hello.streams.get(group.as_str());
-            let history = match self.state.layer.history(group, since).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(conn_id = self.id, group = %group, error = %e, "history unavailable");
-                    return Err(End::Close(close::TRY_AGAIN_LATER, "history unavailable"));
-                }
-            };
-            // A position the history does not cover, or a first visit, starts from now.
-            let recovered = history.recovered && since.is_some();
-            for message in &history.messages {
-                replay.push(encode_v1(message));
-            }
-            self.last_sent[slot] = history.current.offset;
-            self.epochs[slot] = epoch_tag(history.current.epoch.as_str());
-            currents.push((history.current, recovered || since.is_none()));
-        }
+        let resumed = match self.resume(|group| hello.streams.get(group.as_str())).await {
+            Ok(resumed) => resumed,
+            Err(()) => return Err(End::Close(close::TRY_AGAIN_LATER, "history unavailable")),
+        };
+        let currents = resumed.currents;
+        let replay = resumed.replay.iter().map(encode_v1);
         let streams: Vec<WelcomeStream<'_>> = self
             .groups
             .iter()
@@ -291,6 +288,40 @@ impl Connection {
             return Err(End::Drop);
         }
         Ok(())
+    }
+
+    /// Reads each group's history after the client's position (`since`; `None` = a first
+    /// visit) and sets the positions the live frames are filtered against. Call after
+    /// [`Connection::join`]: live frames queue meanwhile and the ones the replay already
+    /// holds are skipped later, so nothing is lost or repeated. Shared by the `herald.v1`
+    /// hello and the SSE `Last-Event-ID`.
+    pub(crate) async fn resume<'p>(
+        &mut self,
+        since: impl Fn(&GroupName) -> Option<&'p Position>,
+    ) -> Result<Resumed, ()> {
+        let mut currents: Vec<(Position, bool)> = Vec::with_capacity(self.groups.len());
+        let mut replay = Vec::new();
+        for (slot, group) in self.groups.iter().enumerate() {
+            let since = since(group);
+            let history = match self.state.layer.history(group, since).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(conn_id = self.id, group = %group, error = %e, "history unavailable");
+                    return Err(());
+                }
+            };
+            // A position the history does not cover, or a first visit, starts from now.
+            let recovered = history.recovered && since.is_some();
+            replay.extend(history.messages);
+            if let Some(last) = self.last_sent.get_mut(slot) {
+                *last = history.current.offset;
+            }
+            if let Some(tag) = self.epochs.get_mut(slot) {
+                *tag = epoch_tag(history.current.epoch.as_str());
+            }
+            currents.push((history.current, recovered || since.is_none()));
+        }
+        Ok(Resumed { currents, replay })
     }
 
     /// Checks the token of a `herald.v1` connection (the hello's, else the URL's).
@@ -495,7 +526,7 @@ impl Connection {
                         return match mode {
                             Mode::V1 => End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
                             // A plain peer that ignores pings is gone; nobody reads a close.
-                            Mode::Plain => End::Drop,
+                            Mode::Plain | Mode::Sse => End::Drop,
                         };
                     }
                     // Ping when we sent nothing lately (keep-alive) and also when the
@@ -505,7 +536,7 @@ impl Connection {
                         || now.saturating_duration_since(last_in) >= hb.interval / 2
                     {
                         let ping = match mode {
-                            Mode::Plain => herald_ws::encode_ping(b""),
+                            Mode::Plain | Mode::Sse => herald_ws::encode_ping(b""),
                             Mode::V1 => protocol::ping(),
                         };
                         self.rx.begin_writing();
@@ -559,7 +590,7 @@ async fn write_frames(
 /// Waits for the shared heartbeat tick and hands the receiver back (`None` once the ticker
 /// stopped). Owning the receiver lets the connection keep one pending wait across loop
 /// iterations instead of registering a new one for every frame it sends.
-async fn next_tick(
+pub(crate) async fn next_tick(
     mut ticker: tokio::sync::watch::Receiver<()>,
 ) -> Option<tokio::sync::watch::Receiver<()>> {
     ticker.changed().await.ok().map(|()| ticker)

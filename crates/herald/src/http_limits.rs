@@ -153,6 +153,25 @@ impl Drop for HttpSlot {
     }
 }
 
+/// A connection's [`HttpSlot`], shared with its requests (as a request extension) so that
+/// a request that turns the connection into a long-lived stream (SSE) can give the place
+/// back: from then on the stream counts under the WebSocket-style connection limits, not
+/// under the caps meant for short requests. Dropping the last handle releases it too.
+#[derive(Clone, Debug)]
+pub(crate) struct SlotRelease(Arc<Mutex<Option<HttpSlot>>>);
+
+impl SlotRelease {
+    pub(crate) fn new(slot: HttpSlot) -> Self {
+        Self(Arc::new(Mutex::new(Some(slot))))
+    }
+
+    /// Gives the connection's place back now (idempotent).
+    pub(crate) fn release(&self) {
+        let slot = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(slot);
+    }
+}
+
 /// A complete HTTP/1.1 answer with the API's JSON error body, closing the connection.
 pub(crate) fn json_response(status: StatusCode, code: &str, message: &str) -> Vec<u8> {
     let body = serde_json::json!({"error": code, "message": message}).to_string();
@@ -294,6 +313,22 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         assert_eq!(s.max_total(), 100);
+    }
+
+    #[test]
+    fn a_released_slot_frees_its_place_once() {
+        let s = slots(1, 1, &[]);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let handle = SlotRelease::new(s.take(a).unwrap());
+        let clone = handle.clone();
+        assert_eq!(s.take(a).unwrap_err(), Refused::Total);
+        clone.release();
+        clone.release();
+        let again = s.take(a).unwrap();
+        drop(handle);
+        assert_eq!(s.metrics.http_connections.load(Ordering::Relaxed), 1);
+        drop(again);
+        assert_eq!(s.metrics.http_connections.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use herald_core::{GroupName, Message};
 
 use crate::metrics::Metrics;
 use crate::outbox::{Delivered, Mode, OutFrame, Outbox, epoch_tag};
-use crate::protocol::{encode_plain, encode_v1};
+use crate::protocol::{encode_plain, encode_sse, encode_v1};
 
 /// Identifies one WebSocket connection on this node.
 pub type ConnId = u64;
@@ -85,6 +85,7 @@ pub struct Encoded<'r> {
     run: &'r [Message],
     plain: Option<Vec<Bytes>>,
     v1: Option<Vec<Bytes>>,
+    sse: Option<Vec<Bytes>>,
     epochs: Vec<u32>,
 }
 
@@ -95,6 +96,7 @@ impl<'r> Encoded<'r> {
             run,
             plain: None,
             v1: None,
+            sse: None,
             epochs: run.iter().map(|m| epoch_tag(m.epoch.as_str())).collect(),
         }
     }
@@ -230,12 +232,14 @@ impl Hub {
             run,
             plain,
             v1,
+            sse,
             epochs,
         } = encoded;
         for member in members {
             let frames = match member.outbox.shared().mode() {
                 Mode::Plain => plain.get_or_insert_with(|| run.iter().map(encode_plain).collect()),
                 Mode::V1 => v1.get_or_insert_with(|| run.iter().map(encode_v1).collect()),
+                Mode::Sse => sse.get_or_insert_with(|| run.iter().map(encode_sse).collect()),
             };
             let outs = frames.iter().zip(run.iter()).zip(epochs.iter()).map(
                 |((frame, message), &epoch)| OutFrame {

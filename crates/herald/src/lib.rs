@@ -28,7 +28,9 @@
 //! - [`server`]: [`run`], the accept loop and the graceful-shutdown order.
 //! - [`config`]: settings from TOML, `HERALD_*` variables and flags.
 //! - [`route`]: path patterns and the groups they yield.
-//! - `ws`: the upgrade gateway; [`connection`]: one task per WebSocket.
+//! - `ws`: the gateway (route, admission, WebSocket upgrade); [`connection`]: one task
+//!   per WebSocket; `sse`: Server-Sent Events on the same routes, resumed through the
+//!   same replay path.
 //! - `pump`: the one task moving messages from the layer into the hub, in slices.
 //! - [`hub`]: node-local membership (sharded, copy-on-write member lists) and fan-out;
 //!   [`outbox`]: one connection's bounded frame queue and its direct-write path;
@@ -67,6 +69,7 @@ mod pump;
 pub mod route;
 pub mod server;
 mod socket;
+mod sse;
 pub mod subscriptions;
 pub mod tls;
 mod ws;

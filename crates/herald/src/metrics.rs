@@ -208,8 +208,10 @@ pub fn value(v: u64) -> i64 {
 /// is read on its own, nothing is synchronised through them.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Open WebSocket connections.
+    /// Open connections, every transport (WebSockets and SSE streams).
     pub connections: AtomicI64,
+    /// Open SSE streams (also counted in `connections`).
+    pub sse_connections: AtomicI64,
     /// Groups with at least one member on this node.
     pub groups: AtomicI64,
     /// Connections accepted since start.
@@ -319,7 +321,7 @@ impl Metrics {
         let gauges = [
             (
                 "herald_connections",
-                "Open WebSocket connections.",
+                "Open connections: WebSockets and SSE streams.",
                 self.connections.load(Ordering::Relaxed),
             ),
             (
@@ -336,7 +338,7 @@ impl Metrics {
         let counters = [
             (
                 "herald_connections_total",
-                "WebSocket connections accepted.",
+                "Connections accepted (WebSockets and SSE streams).",
                 &self.connections_total,
             ),
             (
@@ -439,6 +441,22 @@ impl Metrics {
                 ),
                 (source("django"), value(django_published)),
             ],
+        });
+        let sse = self.sse_connections.load(Ordering::Relaxed).max(0);
+        let all = self.connections.load(Ordering::Relaxed).max(0);
+        families.push(Family {
+            name: "herald_transport_connections",
+            help: "Open connections per transport.",
+            kind: Kind::Gauge,
+            samples: [("websocket", all.saturating_sub(sse).max(0)), ("sse", sse)]
+                .into_iter()
+                .map(|(transport, n)| {
+                    (
+                        vec![(Cow::Borrowed("transport"), Cow::Borrowed(transport))],
+                        n,
+                    )
+                })
+                .collect(),
         });
         families.extend(self.hook.metrics().into_iter().map(|metric| {
             Family {

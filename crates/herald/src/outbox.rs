@@ -19,6 +19,9 @@ pub enum Mode {
     Plain,
     /// `herald.v1`: a header naming group and offset, then the payload.
     V1,
+    /// Server-Sent Events: the event's `event:`/`data:` lines; the connection's task adds
+    /// the `id:` line (its own positions) and the blank line ending the event.
+    Sse,
 }
 
 /// One pre-encoded frame queued for a connection.

@@ -170,6 +170,49 @@ pub fn encode_v1(message: &Message) -> Bytes {
     }
 }
 
+/// The Server-Sent Events body of a message (DESIGN.md §14), without its `id:` line and
+/// the blank line ending the event (the connection adds both: the id is its own).
+///
+/// Text: one `data: ` line per line of the payload (CR, LF and CRLF all end a line in
+/// SSE, so a browser joins them back with LF). Binary: `event: binary` and the payload in
+/// standard base64 on one `data: ` line.
+pub fn encode_sse(message: &Message) -> Bytes {
+    let payload = message.payload.data();
+    match message.payload.kind() {
+        PayloadKind::Text => sse_data(payload),
+        PayloadKind::Binary => {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+            let mut out = Vec::with_capacity(encoded.len() + 21);
+            out.extend_from_slice(b"event: binary\ndata: ");
+            out.extend_from_slice(encoded.as_bytes());
+            out.push(b'\n');
+            Bytes::from(out)
+        }
+    }
+}
+
+/// `data: ` lines for `payload`, split at CR, LF and CRLF.
+pub fn sse_data(payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(b"data: ");
+    let mut i = 0;
+    while let Some(&b) = payload.get(i) {
+        match b {
+            b'\r' | b'\n' => {
+                if b == b'\r' && payload.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                out.extend_from_slice(b"\ndata: ");
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +283,22 @@ mod tests {
             b"{\"t\":\"m\",\"s\":\"user.42\",\"o\":3}"
         );
         assert_eq!(&body[4 + hlen..], &[0, 1, 2]);
+    }
+
+    #[test]
+    fn sse_bodies() {
+        let g = GroupName::new("user.42").unwrap();
+        let mut m = v1_message(&g, 1);
+        assert_eq!(&encode_sse(&m)[..], b"data: hi\n");
+        m.payload = herald_core::Payload::text("a\nb\r\nc\rd\n");
+        assert_eq!(
+            &encode_sse(&m)[..],
+            b"data: a\ndata: b\ndata: c\ndata: d\ndata: \n"
+        );
+        m.payload = herald_core::Payload::text("");
+        assert_eq!(&encode_sse(&m)[..], b"data: \n");
+        m.payload = herald_core::Payload::binary(vec![0u8, 1, 2]);
+        assert_eq!(&encode_sse(&m)[..], b"event: binary\ndata: AAEC\n");
     }
 
     fn v1_message(group: &GroupName, offset: u64) -> herald_core::Message {

@@ -183,6 +183,11 @@ impl Route {
             .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin))
     }
 
+    /// The origins this route allows (empty: any).
+    pub fn origins(&self) -> &[String] {
+        &self.origins
+    }
+
     /// The path's parameter names, in order.
     pub fn params(&self) -> &[String] {
         &self.params

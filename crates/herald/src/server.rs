@@ -28,7 +28,7 @@ use crate::auth::Authenticator;
 use crate::burst_log::BurstLog;
 use crate::config::Config;
 use crate::error_body::JsonErrors;
-use crate::http_limits::{HttpSlot, HttpSlots, Refused, Reserve};
+use crate::http_limits::{HttpSlot, HttpSlots, Refused, Reserve, SlotRelease};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node_layer::NodeLayer;
@@ -100,8 +100,22 @@ pub(crate) struct AppState {
     pub(crate) admin: Option<Arc<Admin>>,
     /// Open WebSockets per route (same index as `routes`).
     pub(crate) route_connections: Vec<AtomicI64>,
+    /// Open SSE streams per route (same index as `routes`).
+    pub(crate) route_sse_connections: Vec<AtomicI64>,
+    /// Log lines for unusable SSE `Last-Event-ID`s, one per burst.
+    pub(crate) last_event_id_log: BurstLog,
     /// The connect hook, when `[hook] url` is set.
     pub(crate) hook: Option<crate::hook::Hook>,
+}
+
+impl AppState {
+    /// Open connections per route for one transport (same index as `routes`).
+    pub(crate) fn route_connections(&self, transport: crate::ws::Transport) -> &[AtomicI64] {
+        match transport {
+            crate::ws::Transport::WebSocket => &self.route_connections,
+            crate::ws::Transport::Sse => &self.route_sse_connections,
+        }
+    }
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -234,6 +248,8 @@ pub async fn serve(
         body_timeout_log: BurstLog::default(),
         origin_refused_log: BurstLog::default(),
         route_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
+        route_sse_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
+        last_event_id_log: BurstLog::default(),
         admin,
         hook,
     });
@@ -295,7 +311,7 @@ pub async fn serve(
                     };
                     // Small frames must leave at once; Nagle would hold them back.
                     let _ = stream.set_nodelay(true);
-                    let mut conn = HttpConn { peer, router: router.clone(), cancel: cancel.clone(), handshake_timeout, drain, direct: None, slot };
+                    let mut conn = HttpConn { peer, router: router.clone(), cancel: cancel.clone(), handshake_timeout, drain, direct: None, slot, tracker: connections.clone() };
                     match &tls {
                         // The TLS handshake runs inside the connection's task, so a slow
                         // one never holds up the accept loop.
@@ -406,7 +422,26 @@ struct HttpConn {
     direct: Option<DirectSocket>,
     /// Its place under the HTTP connection caps, held until it ends or upgrades.
     slot: HttpSlot,
+    /// Owns the tasks of its HTTP/2 streams.
+    tracker: TaskTracker,
 }
+
+/// Runs hyper's HTTP/2 stream tasks on the server's tracker, so a drain waits for them.
+#[derive(Clone)]
+struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// Most concurrent streams on one HTTP/2 connection (SSE streams and requests).
+const MAX_H2_STREAMS: u32 = 256;
 
 impl HttpConn {
     /// Completes the TLS handshake within `limits.handshake_timeout`, then serves HTTP
@@ -427,7 +462,53 @@ impl HttpConn {
                 }
             },
         };
-        self.serve(tls).await;
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_h2(tls).await;
+        } else {
+            self.serve(tls).await;
+        }
+    }
+
+    /// Serves HTTP/2 (negotiated by ALPN over TLS) until the peer leaves or the drain
+    /// ends: many SSE streams and publishes share the connection. The request checks
+    /// are the HTTP/1.1 ones; the head limit is HTTP/2's header list size, and a peer
+    /// that stops answering pings is dropped. WebSockets stay on HTTP/1.1.
+    async fn serve_h2<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            router,
+            cancel,
+            handshake_timeout,
+            drain,
+            slot,
+            tracker,
+            ..
+        } = self;
+        let slot = SlotRelease::new(slot);
+        let service = service(peer, None, router, slot.clone());
+        let conn = hyper::server::conn::http2::Builder::new(Tracked(tracker))
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .keep_alive_interval(Some(handshake_timeout))
+            .keep_alive_timeout(handshake_timeout)
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let _slot = slot;
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "http/2 connection ended with an error");
+                }
+            }
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(drain, conn).await;
+            }
+        }
     }
 
     /// Serves HTTP/1.1 (and WebSocket upgrades) until the peer leaves or the drain ends.
@@ -445,36 +526,10 @@ impl HttpConn {
             drain,
             direct,
             slot,
+            tracker: _,
         } = self;
-        let service = hyper::service::service_fn(move |mut req: Request<HyperBody>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            if let Some(direct) = &direct {
-                req.extensions_mut().insert(direct.clone());
-            }
-            let too_large = head_too_large(&req);
-            let bad_host = !has_one_host(&req);
-            let router = router.clone();
-            async move {
-                if bad_host {
-                    return Ok(crate::api::ApiError::new(
-                        axum::http::StatusCode::BAD_REQUEST,
-                        "bad_host",
-                        "an HTTP/1.1 request needs exactly one Host header",
-                    )
-                    .closing()
-                    .into_response());
-                }
-                if too_large {
-                    return Ok(crate::api::ApiError::new(
-                        axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "headers_too_large",
-                        format!("request headers are larger than {MAX_HEAD_BYTES} bytes"),
-                    )
-                    .into_response());
-                }
-                router.oneshot(req).await
-            }
-        });
+        let slot = SlotRelease::new(slot);
+        let service = service(peer, direct, router, slot.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(handshake_timeout)
@@ -482,7 +537,8 @@ impl HttpConn {
             .with_upgrades();
         tokio::pin!(conn);
         // The slot is given back when the connection ends or becomes a WebSocket (the
-        // connection future then resolves and the socket lives on in its own task).
+        // connection future then resolves and the socket lives on in its own task), or
+        // when one of its requests becomes an SSE stream ([`SlotRelease`]).
         let _slot = slot;
         tokio::select! {
             result = conn.as_mut() => {
@@ -498,6 +554,53 @@ impl HttpConn {
     }
 }
 
+/// The per-request checks (one Host, head size) in front of the router, for both HTTP
+/// versions.
+fn service(
+    peer: SocketAddr,
+    direct: Option<DirectSocket>,
+    router: Router,
+    slot: SlotRelease,
+) -> impl hyper::service::Service<
+    Request<HyperBody>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<axum::response::Response, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: Request<HyperBody>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req.extensions_mut().insert(slot.clone());
+        if let Some(direct) = &direct {
+            req.extensions_mut().insert(direct.clone());
+        }
+        let too_large = head_too_large(&req);
+        let bad_host = !has_one_host(&req);
+        let router = router.clone();
+        async move {
+            if bad_host {
+                return Ok(crate::api::ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "bad_host",
+                    "an HTTP/1.1 request needs exactly one Host header",
+                )
+                .closing()
+                .into_response());
+            }
+            if too_large {
+                return Ok(crate::api::ApiError::new(
+                    axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    format!("request headers are larger than {MAX_HEAD_BYTES} bytes"),
+                )
+                .into_response());
+            }
+            router.oneshot(req).await
+        }
+    })
+}
+
 /// Largest request head (target plus headers) served. hyper refuses heads that fill its
 /// read buffer (~400 KB) with 431, but one that arrives in a single large read can slip
 /// through; this makes the limit exact and much lower.
@@ -511,7 +614,12 @@ fn has_one_host<B>(req: &Request<B>) -> bool {
         .get_all(axum::http::header::HOST)
         .iter()
         .count();
-    hosts == 1 || (hosts == 0 && req.version() < axum::http::Version::HTTP_11)
+    // HTTP/2 names the host in the `:authority` pseudo-header instead.
+    hosts == 1
+        || (hosts == 0 && req.version() < axum::http::Version::HTTP_11)
+        || (hosts == 0
+            && req.version() >= axum::http::Version::HTTP_2
+            && req.uri().authority().is_some())
 }
 
 fn head_too_large<B>(req: &Request<B>) -> bool {

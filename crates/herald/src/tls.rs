@@ -58,6 +58,8 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| ConfigError::new("tls.key", format!("does not fit tls.cert: {e}")))?;
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 first: browsers then multiplex SSE streams and publishes on one connection;
+    // WebSocket upgrades still negotiate HTTP/1.1 (RFC 6455 needs it).
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

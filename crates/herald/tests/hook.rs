@@ -757,3 +757,52 @@ async fn reconnect_storm_after_a_restart_asks_once_per_session() {
     assert_eq!(received, CONNECTIONS / SESSIONS);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Opens user `user`'s stream as Server-Sent Events with `cookie`.
+async fn sse_request(server: &TestServer, user: &str, cookie: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET /message/{user}/stream/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nCookie: {cookie}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream
+}
+
+/// Reads until `needle` arrived; returns everything read.
+async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} in time"));
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn sse_streams_are_admitted_and_refused_by_the_hook() {
+    let hook = Hook::start(django_like).await;
+    let server = TestServer::with_config(hook_config(&hook)).await;
+    let mut allowed = sse_request(&server, "42", COOKIE_42).await;
+    let head = read_until(&mut allowed, "retry:").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    publish(&server, "user.42", "own news").await;
+    read_until(&mut allowed, "data: own news\n").await;
+
+    // Alice's cookie on user 43's stream: 403 with a JSON body, no stream.
+    let mut refused = sse_request(&server, "43", COOKIE_42).await;
+    let answer = read_until(&mut refused, "}").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains(r#""error":"forbidden""#), "{answer}");
+    // No cookie: 401.
+    let mut refused = sse_request(&server, "42", "").await;
+    let answer = read_until(&mut refused, "}").await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
