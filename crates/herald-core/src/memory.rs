@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::idempotency::IdempotencyRecords;
 use crate::{
     Epoch, GroupName, HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, KeyedItem, Layer,
-    LayerError, Message, Payload, Position, Published,
+    LayerError, LocalPresence, Message, Payload, Position, Presence, Published,
 };
 
 /// Settings of a [`MemoryLayer`].
@@ -89,7 +89,15 @@ struct State {
     evicted: u64,
     /// Idempotency keys published per group (`publish_idempotent`).
     keys: IdempotencyRecords,
+    /// This node's presence per group, each valid until its instant. One entry per group
+    /// with connections (an update with none removes it); expired ones are swept at most
+    /// once per [`PRESENCE_SWEEP`].
+    presence: HashMap<GroupName, (Instant, LocalPresence)>,
+    last_presence_sweep: Option<Instant>,
 }
+
+/// How often [`State::presence`] drops entries whose `ttl` passed without a refresh.
+const PRESENCE_SWEEP: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct GroupState {
@@ -484,6 +492,42 @@ impl Layer for MemoryLayer {
             recovered: covered,
             messages,
         })
+    }
+
+    /// One process is one node: the answer is this layer's own entry, if still valid.
+    async fn presence_update(
+        &self,
+        group: &GroupName,
+        local: &LocalPresence,
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state
+            .last_presence_sweep
+            .is_none_or(|at| now.saturating_duration_since(at) >= PRESENCE_SWEEP)
+        {
+            state.last_presence_sweep = Some(now);
+            state.presence.retain(|_, (until, _)| *until > now);
+        }
+        if local.connections == 0 {
+            state.presence.remove(group);
+        } else {
+            let until = now + ttl.max(Duration::from_millis(1));
+            state.presence.insert(group.clone(), (until, local.clone()));
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        let now = Instant::now();
+        let state = self.lock();
+        let live = state
+            .presence
+            .get(group)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, entry)| entry);
+        Ok(Presence::sum(live))
     }
 
     fn is_ready(&self) -> bool {

@@ -37,9 +37,11 @@
 //! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry) | `history.max_age`, refreshed by each publish; set when `history` creates the epoch |
 //! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | `history.max_age`, refreshed by each publish |
 //! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
+//! | `{prefix}:{{group}}:presence` | hash | one field per node with connections in the group: `{valid_until_ms}\n{connections}\n{subs}` (see `presence.rs`) | the writer's presence `ttl`, refreshed by each update; expired fields are skipped and deleted by reads |
 //!
 //! With the defaults, group `user.42` uses `herald:{user.42}:meta`,
-//! `herald:{user.42}:stream` and `herald:{user.42}:ch`. Nothing else is stored: which
+//! `herald:{user.42}:stream`, `herald:{user.42}:ch` and `herald:{user.42}:presence`.
+//! Nothing else is stored: which
 //! nodes subscribe to what lives only in Redis' pub/sub state, which vanishes with the
 //! connection, so a crashed node leaks nothing. An idle group's history and epoch expire
 //! together.
@@ -74,6 +76,7 @@ mod envelope;
 mod error;
 mod keys;
 mod layer;
+mod presence;
 mod resp;
 mod scripts;
 mod subscriber;

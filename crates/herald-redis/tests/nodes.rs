@@ -301,3 +301,85 @@ async fn malformed_envelopes_are_counted_and_skipped() {
     assert_eq!(layer.stats().decode_errors, 4);
     assert!(layer.is_ready(), "bad messages are not fatal");
 }
+
+#[tokio::test]
+async fn presence_sums_the_nodes_and_a_dead_nodes_entry_expires() {
+    use herald_core::{LocalPresence, Presence};
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _a_rx) = layer(&redis, &prefix);
+    let (b, _b_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    ready(&b).await;
+    assert_ne!(a.node_id(), b.node_id());
+    let g = group("user.42");
+    let ttl = Duration::from_millis(500);
+    let entry = |connections, subs: &[&str]| LocalPresence {
+        connections,
+        subs: subs.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    a.presence_update(&g, &entry(2, &["42", "7"]), Duration::from_secs(60))
+        .await
+        .expect("update a");
+    b.presence_update(&g, &entry(1, &["42"]), ttl)
+        .await
+        .expect("update b");
+    let both = Presence {
+        connections: 3,
+        subs: vec!["42".to_owned(), "7".to_owned()],
+        nodes: 2,
+    };
+    assert_eq!(a.presence(&g).await.expect("read"), both);
+    assert_eq!(
+        b.presence(&g).await.expect("read"),
+        both,
+        "same on every node"
+    );
+    // b dies without clearing its entry: it counts until its ttl and not after.
+    b.close().await;
+    drop(b);
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(
+        a.presence(&g).await.expect("read"),
+        Presence {
+            connections: 2,
+            subs: vec!["42".to_owned(), "7".to_owned()],
+            nodes: 1,
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_group_left_by_every_node_leaves_no_key() {
+    use herald_core::LocalPresence;
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    let g = group("gone");
+    let one = LocalPresence {
+        connections: 1,
+        subs: vec!["1".to_owned()],
+    };
+    a.presence_update(&g, &one, Duration::from_millis(300))
+        .await
+        .expect("update");
+    a.presence_update(&g, &LocalPresence::default(), Duration::from_millis(300))
+        .await
+        .expect("clear");
+    let key = format!("{prefix}:{{{g}}}:presence");
+    assert_eq!(
+        redis.cmd(&["EXISTS", &key]).await,
+        redis::Value::Int(0),
+        "the last field gone deletes the hash"
+    );
+    // A node that dies leaves its key to expire with the ttl.
+    a.presence_update(&g, &one, Duration::from_millis(300))
+        .await
+        .expect("update");
+    let pttl = match redis.cmd(&["PTTL", &key]).await {
+        redis::Value::Int(n) => n,
+        other => panic!("PTTL answered {other:?}"),
+    };
+    assert!((1..=300).contains(&pttl), "key ttl {pttl}");
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::{
-    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, Message, Payload, Position,
-    Published,
+    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, LocalPresence, Message, Payload,
+    Position, Presence, Published,
 };
 
 /// The history bounds every layer under test is built with.
@@ -140,6 +140,27 @@ where
         idempotency_window_ends,
     )
     .await;
+    run_case(
+        &make,
+        &run_id,
+        "presence_of_an_unknown_group_is_empty",
+        presence_of_an_unknown_group_is_empty,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "presence_update_replaces_and_zero_removes",
+        presence_update_replaces_and_zero_removes,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "presence_expires_without_refresh",
+        presence_expires_without_refresh,
+    )
+    .await;
 }
 
 async fn run_case<L, F, Fut, C, CFut>(make: &F, run_id: &str, name: &'static str, case: C)
@@ -209,6 +230,21 @@ impl<L: Layer> Ctx<L> {
         )
         .await
         .unwrap_or_else(|e| panic!("history of {group} failed: {e}"))
+    }
+
+    async fn presence_update(&self, group: &GroupName, local: &LocalPresence, ttl: Duration) {
+        within(
+            &format!("presence_update of {group}"),
+            self.layer.presence_update(group, local, ttl),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("presence_update of {group} failed: {e}"));
+    }
+
+    async fn presence(&self, group: &GroupName) -> Presence {
+        within(&format!("presence of {group}"), self.layer.presence(group))
+            .await
+            .unwrap_or_else(|e| panic!("presence of {group} failed: {e}"))
     }
 
     /// The next message on `Incoming`, or a panic after [`RECV_TIMEOUT`].
@@ -724,4 +760,79 @@ async fn idempotency_window_ends<L: Layer>(t: Ctx<L>) {
             "the key was still a duplicate {RECV_TIMEOUT:?} after a window of {window:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Presence
+// ---------------------------------------------------------------------------------------
+
+/// Long enough that no entry in the presence cases expires by accident.
+const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+fn local(connections: u64, subs: &[&str]) -> LocalPresence {
+    LocalPresence {
+        connections,
+        subs: subs.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+async fn presence_of_an_unknown_group_is_empty<L: Layer>(t: Ctx<L>) {
+    let g = t.group("nobody");
+    assert_eq!(t.presence(&g).await, Presence::default());
+}
+
+async fn presence_update_replaces_and_zero_removes<L: Layer>(t: Ctx<L>) {
+    let (g, other) = (t.group("g"), t.group("other"));
+    t.presence_update(&g, &local(3, &["42", "7"]), PRESENCE_TTL)
+        .await;
+    t.presence_update(&other, &local(1, &[]), PRESENCE_TTL)
+        .await;
+    let seen = t.presence(&g).await;
+    assert_eq!(
+        (seen.connections, seen.nodes),
+        (3, 1),
+        "one node, three connections"
+    );
+    assert_eq!(seen.subs, vec!["42".to_owned(), "7".to_owned()], "sorted");
+    // A second update replaces the node's entry, it does not add to it.
+    t.presence_update(&g, &local(1, &["7"]), PRESENCE_TTL).await;
+    assert_eq!(
+        t.presence(&g).await,
+        Presence {
+            connections: 1,
+            subs: vec!["7".to_owned()],
+            nodes: 1
+        }
+    );
+    t.presence_update(&g, &local(0, &[]), PRESENCE_TTL).await;
+    assert_eq!(t.presence(&g).await, Presence::default(), "zero removes");
+    assert_eq!(
+        t.presence(&other).await,
+        Presence {
+            connections: 1,
+            subs: Vec::new(),
+            nodes: 1
+        },
+        "other groups are untouched, and anonymous connections have no sub"
+    );
+}
+
+async fn presence_expires_without_refresh<L: Layer>(t: Ctx<L>) {
+    let ttl = Duration::from_millis(400);
+    let (g, refreshed) = (t.group("g"), t.group("refreshed"));
+    t.presence_update(&g, &local(2, &["42"]), ttl).await;
+    t.presence_update(&refreshed, &local(1, &["9"]), ttl).await;
+    assert_eq!(t.presence(&g).await.connections, 2);
+    // `refreshed` is updated within its ttl, twice; `g` is not.
+    for _ in 0..2 {
+        tokio::time::sleep(ttl / 2).await;
+        t.presence_update(&refreshed, &local(1, &["9"]), ttl).await;
+    }
+    tokio::time::sleep(ttl / 4).await;
+    assert_eq!(
+        t.presence(&g).await,
+        Presence::default(),
+        "an entry not refreshed within its ttl is gone"
+    );
+    assert_eq!(t.presence(&refreshed).await.connections, 1, "refreshed");
 }

@@ -5,8 +5,8 @@
 
 use herald_core::memory::MemoryLayerConfig;
 use herald_core::{
-    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError, MemoryLayer,
-    Payload, Position, Published,
+    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError, LocalPresence,
+    MemoryLayer, Payload, Position, Presence, Published,
 };
 use herald_redis::{RedisLayer, RedisLayerConfig};
 
@@ -102,6 +102,25 @@ impl Layer for NodeLayer {
         match self {
             Self::Memory(l) => l.history(group, since).await,
             Self::Redis(l) => l.history(group, since).await,
+        }
+    }
+
+    async fn presence_update(
+        &self,
+        group: &GroupName,
+        local: &LocalPresence,
+        ttl: std::time::Duration,
+    ) -> Result<(), LayerError> {
+        match self {
+            Self::Memory(l) => l.presence_update(group, local, ttl).await,
+            Self::Redis(l) => l.presence_update(group, local, ttl).await,
+        }
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        match self {
+            Self::Memory(l) => l.presence(group).await,
+            Self::Redis(l) => l.presence(group).await,
         }
     }
 

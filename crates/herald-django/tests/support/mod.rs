@@ -336,6 +336,20 @@ impl Layer for CountingLayer {
         })
     }
 
+    /// The bridge has no use for presence: nothing is kept.
+    async fn presence_update(
+        &self,
+        _: &GroupName,
+        _: &herald_core::LocalPresence,
+        _: Duration,
+    ) -> Result<(), LayerError> {
+        Ok(())
+    }
+
+    async fn presence(&self, _: &GroupName) -> Result<herald_core::Presence, LayerError> {
+        Ok(herald_core::Presence::default())
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
