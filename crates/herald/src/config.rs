@@ -71,6 +71,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The connect hook asked by routes with `auth = "hook"` (DESIGN.md §11).
     pub hook: HookConfig,
+    /// Presence per group across nodes (`GET /api/presence/{group}`, DESIGN.md §12).
+    pub presence: PresenceConfig,
 }
 
 /// `[admin]`.
@@ -142,6 +144,7 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             hook: HookConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -382,6 +385,32 @@ impl Default for PublishConfig {
         Self {
             idempotency_window: Duration::from_secs(300),
         }
+    }
+}
+
+/// `[presence]`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// How often the node rewrites its presence entries in the layer. Each entry counts for
+    /// twice this long, so the entries of a node that died vanish within `2 × refresh`.
+    /// Default `5s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub refresh: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PresenceConfig {
+    /// How long one written entry counts: `2 × refresh`, the stated staleness bound.
+    pub fn ttl(&self) -> Duration {
+        self.refresh.saturating_mul(2)
     }
 }
 
@@ -669,6 +698,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "admin",
     "hook",
+    "presence",
 ];
 
 impl Config {
@@ -748,6 +778,7 @@ impl Config {
                 "publish.idempotency_window",
                 self.publish.idempotency_window,
             ),
+            ("presence.refresh", self.presence.refresh),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {

@@ -60,6 +60,9 @@ pub struct Connection {
     /// A connection admitted by the connect hook: what its refreshes ask. Boxed so
     /// connections without it pay one pointer.
     pub(crate) hook: Option<Box<HookSession>>,
+    /// Who the connection is (the token's or the hook answer's `sub`), counted in the
+    /// presence of its groups; `None` for anonymous connections.
+    pub(crate) sub: Option<Arc<str>>,
     /// The plain TCP socket under the WebSocket, for the hub's direct writes (plain mode
     /// without TLS only: `herald.v1` frames pass the task's replay filter).
     pub(crate) direct: Option<Arc<TcpStream>>,
@@ -143,6 +146,7 @@ impl Connection {
             expires: None,
             pending_auth: None,
             hook: None,
+            sub: None,
             direct: None,
         }
     }
@@ -156,6 +160,10 @@ impl Connection {
                 .join(group, self.id, slot as u8, &self.outbox);
         }
         self.joined = true;
+        self.state
+            .presence
+            .joined(&self.groups, self.sub.as_ref())
+            .await;
         for group in &self.groups {
             self.state.subscriptions.sync(group).await;
         }
@@ -170,6 +178,10 @@ impl Connection {
         for group in &self.groups {
             self.state.hub.leave(group, self.id);
         }
+        self.state
+            .presence
+            .left(&self.groups, self.sub.as_ref())
+            .await;
         for group in &self.groups {
             self.state.subscriptions.sync_later(group).await;
         }
@@ -307,6 +319,7 @@ impl Connection {
         match result {
             Ok(grant) => {
                 self.expires = Some(grant.deadline());
+                self.sub = Some(Arc::from(grant.sub));
                 Ok(())
             }
             Err(refusal) => {

@@ -62,6 +62,7 @@ pub mod hub;
 pub mod metrics;
 pub mod node_layer;
 pub mod outbox;
+mod presence;
 pub mod protocol;
 mod pump;
 pub mod route;

@@ -259,6 +259,8 @@ pub struct Metrics {
     pub publish_duplicates: AtomicU64,
     /// The connect hook's requests, cache and refreshes.
     pub hook: crate::hook::HookStats,
+    /// Presence entries the layer did not take (rewritten at the next refresh).
+    pub presence_failures: AtomicU64,
 }
 
 /// A [`Histogram`] over [`LATENCY_BUCKETS`].
@@ -422,6 +424,11 @@ impl Metrics {
                 "herald_publish_origin_refused_total",
                 "Browser publishes refused on an API without a key (403).",
                 &self.publish_origin_refused,
+            ),
+            (
+                "herald_presence_failures_total",
+                "Presence entries the layer did not take; each is rewritten at the next presence.refresh.",
+                &self.presence_failures,
             ),
         ];
         let mut families: Vec<Family> = gauges

@@ -102,6 +102,8 @@ pub(crate) struct AppState {
     pub(crate) route_connections: Vec<AtomicI64>,
     /// The connect hook, when `[hook] url` is set.
     pub(crate) hook: Option<crate::hook::Hook>,
+    /// This node's presence entries, kept by their one task.
+    pub(crate) presence: crate::presence::PresenceBook,
 }
 
 /// Runs a herald node on `listener` until `shutdown` resolves, then drains: stops
@@ -181,6 +183,13 @@ pub async fn serve(
         &background,
         stop_background.clone(),
     );
+    let presence = crate::presence::PresenceBook::spawn(
+        layer.clone(),
+        config.presence.refresh,
+        metrics.clone(),
+        &background,
+        stop_background.clone(),
+    );
     background.spawn(crate::pump::run(
         incoming,
         hub.clone(),
@@ -234,6 +243,7 @@ pub async fn serve(
         route_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
         admin,
         hook,
+        presence,
     });
     if state.admin.is_some() {
         background.spawn(crate::admin::report_loop(
@@ -377,6 +387,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/publish", post(crate::admin::publish))
         .route(crate::admin::STREAM_PATH, get(crate::admin::stream))
         .route("/api/publish", post(api::publish))
+        .route("/api/presence/{group}", get(api::presence))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

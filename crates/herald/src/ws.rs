@@ -171,7 +171,7 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                         &matched.values,
                         &groups,
                     ) {
-                        Ok(grant) => Ok(Some(grant.deadline())),
+                        Ok(grant) => Ok(Some((grant.deadline(), grant.sub))),
                         Err(refusal) => Err(refusal),
                     }
                 }
@@ -183,13 +183,17 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                     tracing::debug!(client = ?client, route = matched.route.pattern(), code = refusal.close_code(), %refusal, "connection refused");
                     Upgrade::Refuse(refusal.close_code(), refusal.reason())
                 }
-                Ok(expires) => {
+                Ok(granted) => {
                     let auth = matched.route.auth;
                     let mut connection = Connection::new(state.clone(), groups, mode);
                     tracing::debug!(conn_id = connection.id, client = ?client, route = matched.route.pattern(), ?mode, "websocket accepted");
-                    connection.expires = expires;
+                    if let Some((expires, sub)) = granted {
+                        connection.expires = Some(expires);
+                        connection.sub = Some(Arc::from(sub));
+                    }
                     if let Some(admitted) = admission {
                         tracing::debug!(conn_id = connection.id, sub = ?admitted.sub, "admitted by the connect hook");
+                        connection.sub = admitted.sub.as_deref().map(Arc::from);
                         connection.hook = Some(Box::new(HookSession {
                             ask: admitted.ask,
                             route: route_index,

@@ -1,0 +1,216 @@
+//! The presence task: the one owner of this node's presence entries in the layer.
+//!
+//! Connections report their joins and leaves (group, `sub`) here; the task keeps the
+//! node-local count and `sub`s per group and writes a group's entry to the layer when it
+//! changed, coalescing whatever arrived meanwhile into one write per group, and rewrites
+//! every entry each `presence.refresh`. An entry counts for `2 × refresh` (see
+//! [`crate::config::PresenceConfig::ttl`]), so a node that dies without clearing its
+//! entries drops out of every group's presence within that bound. None of this is on the
+//! delivery path: messages never touch it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{GroupName, Layer, LocalPresence};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::burst_log::BurstLog;
+use crate::metrics::Metrics;
+use crate::node_layer::NodeLayer;
+
+/// Changes queued for the task; a burst of connects waits here rather than growing it.
+const QUEUE: usize = 4096;
+/// Changes applied before the dirty groups are written.
+const BATCH: usize = 4096;
+/// Layer writes in flight at once during a flush or a refresh.
+const CONCURRENCY: usize = 64;
+
+#[derive(Debug)]
+struct Change {
+    group: GroupName,
+    sub: Option<Arc<str>>,
+    joined: bool,
+}
+
+/// Handle to the presence task.
+#[derive(Clone, Debug)]
+pub(crate) struct PresenceBook {
+    tx: mpsc::Sender<Change>,
+}
+
+/// One group on this node.
+#[derive(Debug, Default)]
+struct Local {
+    connections: u64,
+    /// Connections per `sub` (anonymous connections have none).
+    subs: HashMap<Arc<str>, u64>,
+}
+
+impl Local {
+    fn entry(&self) -> LocalPresence {
+        let mut subs: Vec<String> = self.subs.keys().map(|s| s.to_string()).collect();
+        subs.sort_unstable();
+        LocalPresence {
+            connections: self.connections,
+            subs,
+        }
+    }
+}
+
+impl PresenceBook {
+    /// Starts the task; it ends when `cancel` fires (or every handle is dropped).
+    pub(crate) fn spawn(
+        layer: NodeLayer,
+        refresh: Duration,
+        metrics: Arc<Metrics>,
+        tracker: &tokio_util::task::TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = Task {
+            layer,
+            refresh,
+            ttl: refresh.saturating_mul(2),
+            metrics,
+            failures: BurstLog::default(),
+            groups: HashMap::new(),
+        };
+        tracker.spawn(task.run(rx, cancel));
+        Self { tx }
+    }
+
+    /// Counts a connection of `sub` into `groups`.
+    pub(crate) async fn joined(&self, groups: &[GroupName], sub: Option<&Arc<str>>) {
+        self.send(groups, sub, true).await;
+    }
+
+    /// Counts a connection of `sub` out of `groups`.
+    pub(crate) async fn left(&self, groups: &[GroupName], sub: Option<&Arc<str>>) {
+        self.send(groups, sub, false).await;
+    }
+
+    async fn send(&self, groups: &[GroupName], sub: Option<&Arc<str>>, joined: bool) {
+        for group in groups {
+            let change = Change {
+                group: group.clone(),
+                sub: sub.cloned(),
+                joined,
+            };
+            // An error means the task ended (shutdown): presence no longer matters.
+            if self.tx.send(change).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct Task {
+    layer: NodeLayer,
+    refresh: Duration,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+    failures: BurstLog,
+    /// Groups with connections here. Bounded by the connections' memberships: a group
+    /// leaves the map with its last connection.
+    groups: HashMap<GroupName, Local>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Change>, cancel: CancellationToken) {
+        let mut refresh = tokio::time::interval(self.refresh);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate and there is nothing to refresh yet.
+        refresh.tick().await;
+        let mut dirty: HashSet<GroupName> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                change = rx.recv() => {
+                    let Some(change) = change else { break };
+                    self.apply(change, &mut dirty);
+                    // Whatever else is queued joins this write.
+                    while dirty.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(change) => self.apply(change, &mut dirty),
+                            Err(_) => break,
+                        }
+                    }
+                    let groups: Vec<GroupName> = dirty.drain().collect();
+                    self.write(groups).await;
+                }
+                _ = refresh.tick() => {
+                    let groups: Vec<GroupName> = self.groups.keys().cloned().collect();
+                    self.write(groups).await;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change, dirty: &mut HashSet<GroupName>) {
+        let local = self.groups.entry(change.group.clone()).or_default();
+        if change.joined {
+            local.connections += 1;
+            if let Some(sub) = change.sub {
+                *local.subs.entry(sub).or_default() += 1;
+            }
+        } else {
+            local.connections = local.connections.saturating_sub(1);
+            if let Some(sub) = change.sub {
+                if let Some(n) = local.subs.get_mut(&sub) {
+                    *n -= 1;
+                    if *n == 0 {
+                        local.subs.remove(&sub);
+                    }
+                }
+            }
+        }
+        dirty.insert(change.group);
+    }
+
+    /// Writes the entries of `groups` (deleting those with no connection left), up to
+    /// [`CONCURRENCY`] at a time. A failed write is counted and corrected by the next
+    /// refresh; a failed delete leaves an entry that expires within the ttl.
+    async fn write(&mut self, groups: Vec<GroupName>) {
+        let mut in_flight = JoinSet::new();
+        let mut failed = 0u64;
+        for group in groups {
+            let entry = match self.groups.get(&group) {
+                Some(local) if local.connections > 0 => local.entry(),
+                _ => {
+                    self.groups.remove(&group);
+                    LocalPresence::default()
+                }
+            };
+            if in_flight.len() >= CONCURRENCY {
+                failed += Self::failures_of(in_flight.join_next().await);
+            }
+            let layer = self.layer.clone();
+            let ttl = self.ttl;
+            in_flight.spawn(async move { layer.presence_update(&group, &entry, ttl).await });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            failed += Self::failures_of(Some(done));
+        }
+        if failed > 0 {
+            Metrics::add(&self.metrics.presence_failures, failed);
+            if let Some(n) = self.failures.hit() {
+                tracing::warn!(
+                    failed = n,
+                    "presence entries not written to the layer; retried at the next refresh"
+                );
+            }
+        }
+    }
+
+    fn failures_of(
+        done: Option<Result<Result<(), herald_core::LayerError>, tokio::task::JoinError>>,
+    ) -> u64 {
+        match done {
+            Some(Ok(Ok(()))) | None => 0,
+            Some(Ok(Err(_)) | Err(_)) => 1,
+        }
+    }
+}
