@@ -172,6 +172,10 @@ pub struct RouteConfig {
     /// Default: empty, any origin.
     #[serde(default)]
     pub origins: Vec<String>,
+    /// `herald.v1` connections on this route are sent `join`/`leave` events of the other
+    /// `sub`s in their groups (DESIGN.md §12). Default `false`.
+    #[serde(default)]
+    pub presence: bool,
 }
 
 impl RouteConfig {
@@ -184,6 +188,7 @@ impl RouteConfig {
             hook_groups: Vec::new(),
             sub_param: None,
             origins: Vec::new(),
+            presence: false,
         }
     }
 }

@@ -259,7 +259,8 @@ pub struct Metrics {
     pub publish_duplicates: AtomicU64,
     /// The connect hook's requests, cache and refreshes.
     pub hook: crate::hook::HookStats,
-    /// Presence entries the layer did not take (rewritten at the next refresh).
+    /// Presence entries the layer did not take (rewritten at the next refresh), and
+    /// presence reads for `join`/`leave` events that failed (read again next tick).
     pub presence_failures: AtomicU64,
 }
 
@@ -427,7 +428,7 @@ impl Metrics {
             ),
             (
                 "herald_presence_failures_total",
-                "Presence entries the layer did not take; each is rewritten at the next presence.refresh.",
+                "Presence writes (retried at the next presence.refresh) and reads for join/leave events (retried next tick) the layer failed.",
                 &self.presence_failures,
             ),
         ];

@@ -7,8 +7,18 @@
 //! [`crate::config::PresenceConfig::ttl`]), so a node that dies without clearing its
 //! entries drops out of every group's presence within that bound. None of this is on the
 //! delivery path: messages never touch it.
+//!
+//! It also sends `join`/`leave` events to the `herald.v1` connections of routes with
+//! `presence = true` ("watchers"): every [`EVENT_TICK`] it reads the presence of each group
+//! that has watchers here (one layer call per group), compares its `sub`s with those it
+//! announced, and sends the differences, at most [`MAX_EVENTS_PER_TICK`] per group and
+//! tick; the rest wait for the next tick (deferred, never dropped). A group's events are
+//! thus bounded by `MAX_EVENTS_PER_TICK × 1 s / EVENT_TICK` = 200 per second per
+//! connection, whatever the churn, and a join and leave within one tick cancel out. The
+//! first read of a newly watched group only sets what counts as announced: events report
+//! changes, the current set is `GET /api/presence/{group}`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +28,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::burst_log::BurstLog;
+use crate::hub::ConnId;
 use crate::metrics::Metrics;
 use crate::node_layer::NodeLayer;
+use crate::outbox::{CONTROL_SLOT, OutFrame, Outbox};
 
 /// Changes queued for the task; a burst of connects waits here rather than growing it.
 const QUEUE: usize = 4096;
@@ -27,12 +39,36 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 4096;
 /// Layer writes in flight at once during a flush or a refresh.
 const CONCURRENCY: usize = 64;
+/// How often the groups with watchers are read and their changes announced.
+pub(crate) const EVENT_TICK: Duration = Duration::from_millis(250);
+/// Most `join`/`leave` events sent per group and tick.
+pub(crate) const MAX_EVENTS_PER_TICK: usize = 50;
 
 #[derive(Debug)]
 struct Change {
     group: GroupName,
     sub: Option<Arc<str>>,
     joined: bool,
+    watch: Watch,
+}
+
+/// What a change does to a group's watchers.
+#[derive(Clone, Debug)]
+pub(crate) enum Watch {
+    /// The connection is no watcher.
+    No,
+    /// A watcher joins: its events go to this outbox.
+    Add(ConnId, Outbox),
+    /// A watcher leaves.
+    Remove(ConnId),
+}
+
+/// A group with watchers here.
+#[derive(Debug, Default)]
+struct Watched {
+    members: HashMap<ConnId, Outbox>,
+    /// The `sub`s the watchers were told about; `None` until the first read.
+    announced: Option<BTreeSet<String>>,
 }
 
 /// Handle to the presence task.
@@ -77,27 +113,29 @@ impl PresenceBook {
             metrics,
             failures: BurstLog::default(),
             groups: HashMap::new(),
+            watched: HashMap::new(),
         };
         tracker.spawn(task.run(rx, cancel));
         Self { tx }
     }
 
-    /// Counts a connection of `sub` into `groups`.
-    pub(crate) async fn joined(&self, groups: &[GroupName], sub: Option<&Arc<str>>) {
-        self.send(groups, sub, true).await;
+    /// Counts a connection of `sub` into `groups` (a watcher with `Watch::Add`).
+    pub(crate) async fn joined(&self, groups: &[GroupName], sub: Option<&Arc<str>>, watch: Watch) {
+        self.send(groups, sub, true, watch).await;
     }
 
-    /// Counts a connection of `sub` out of `groups`.
-    pub(crate) async fn left(&self, groups: &[GroupName], sub: Option<&Arc<str>>) {
-        self.send(groups, sub, false).await;
+    /// Counts a connection of `sub` out of `groups` (a watcher with `Watch::Remove`).
+    pub(crate) async fn left(&self, groups: &[GroupName], sub: Option<&Arc<str>>, watch: Watch) {
+        self.send(groups, sub, false, watch).await;
     }
 
-    async fn send(&self, groups: &[GroupName], sub: Option<&Arc<str>>, joined: bool) {
+    async fn send(&self, groups: &[GroupName], sub: Option<&Arc<str>>, joined: bool, watch: Watch) {
         for group in groups {
             let change = Change {
                 group: group.clone(),
                 sub: sub.cloned(),
                 joined,
+                watch: watch.clone(),
             };
             // An error means the task ended (shutdown): presence no longer matters.
             if self.tx.send(change).await.is_err() {
@@ -116,6 +154,8 @@ struct Task {
     /// Groups with connections here. Bounded by the connections' memberships: a group
     /// leaves the map with its last connection.
     groups: HashMap<GroupName, Local>,
+    /// Groups with watchers here; a group leaves with its last watcher.
+    watched: HashMap<GroupName, Watched>,
 }
 
 impl Task {
@@ -124,10 +164,13 @@ impl Task {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate and there is nothing to refresh yet.
         refresh.tick().await;
+        let mut events = tokio::time::interval(EVENT_TICK);
+        events.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty: HashSet<GroupName> = HashSet::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = events.tick(), if !self.watched.is_empty() => self.announce().await,
                 change = rx.recv() => {
                     let Some(change) = change else { break };
                     self.apply(change, &mut dirty);
@@ -150,6 +193,24 @@ impl Task {
     }
 
     fn apply(&mut self, change: Change, dirty: &mut HashSet<GroupName>) {
+        match change.watch {
+            Watch::No => {}
+            Watch::Add(id, outbox) => {
+                self.watched
+                    .entry(change.group.clone())
+                    .or_default()
+                    .members
+                    .insert(id, outbox);
+            }
+            Watch::Remove(id) => {
+                if let Some(watched) = self.watched.get_mut(&change.group) {
+                    watched.members.remove(&id);
+                    if watched.members.is_empty() {
+                        self.watched.remove(&change.group);
+                    }
+                }
+            }
+        }
         let local = self.groups.entry(change.group.clone()).or_default();
         if change.joined {
             local.connections += 1;
@@ -200,6 +261,79 @@ impl Task {
                 tracing::warn!(
                     failed = n,
                     "presence entries not written to the layer; retried at the next refresh"
+                );
+            }
+        }
+    }
+
+    /// Reads the presence of every watched group and sends each one's changes since the
+    /// last announcement to its watchers, up to [`MAX_EVENTS_PER_TICK`].
+    async fn announce(&mut self) {
+        let groups: Vec<GroupName> = self.watched.keys().cloned().collect();
+        let mut reads = JoinSet::new();
+        let mut answers = Vec::with_capacity(groups.len());
+        for group in groups {
+            if reads.len() >= CONCURRENCY {
+                answers.extend(reads.join_next().await);
+            }
+            let layer = self.layer.clone();
+            reads.spawn(async move {
+                let presence = layer.presence(&group).await;
+                (group, presence)
+            });
+        }
+        while let Some(done) = reads.join_next().await {
+            answers.push(done);
+        }
+        let mut failed = 0;
+        for answer in answers {
+            let (group, presence) = match answer {
+                Ok((group, Ok(presence))) => (group, presence),
+                Ok((_, Err(_))) | Err(_) => {
+                    failed += 1;
+                    continue;
+                }
+            };
+            // The group may have lost its last watcher while it was read.
+            let Some(watched) = self.watched.get_mut(&group) else {
+                continue;
+            };
+            let now: BTreeSet<String> = presence.subs.into_iter().collect();
+            let Some(announced) = watched.announced.as_mut() else {
+                watched.announced = Some(now);
+                continue;
+            };
+            let joins: Vec<String> = now.difference(announced).cloned().collect();
+            let leaves: Vec<String> = announced.difference(&now).cloned().collect();
+            let changes = leaves
+                .into_iter()
+                .map(|s| (false, s))
+                .chain(joins.into_iter().map(|s| (true, s)))
+                .take(MAX_EVENTS_PER_TICK);
+            for (joined, sub) in changes {
+                let frame = OutFrame {
+                    frame: crate::protocol::presence_event(joined, &group, &sub),
+                    slot: CONTROL_SLOT,
+                    offset: 0,
+                    epoch: 0,
+                };
+                for outbox in watched.members.values() {
+                    // A full outbox counts the drop and closes the connection (4001).
+                    outbox.offer(frame.clone(), &self.metrics, false);
+                }
+                if joined {
+                    announced.insert(sub);
+                } else {
+                    announced.remove(&sub);
+                }
+            }
+        }
+        if failed > 0 {
+            Metrics::add(&self.metrics.presence_failures, failed);
+            if let Some(n) = self.failures.hit() {
+                tracing::warn!(
+                    failed = n,
+                    "presence not read for join/leave events; read again at the next tick"
                 );
             }
         }

@@ -186,6 +186,7 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
                 Ok(granted) => {
                     let auth = matched.route.auth;
                     let mut connection = Connection::new(state.clone(), groups, mode);
+                    connection.watches = matched.route.presence && mode == Mode::V1;
                     tracing::debug!(conn_id = connection.id, client = ?client, route = matched.route.pattern(), ?mode, "websocket accepted");
                     if let Some((expires, sub)) = granted {
                         connection.expires = Some(expires);

@@ -11,6 +11,7 @@ use herald::Config;
 use herald::auth::mint;
 use herald::config::AuthMode;
 use herald_testkit::redis::{RedisProcess, unique_prefix};
+use herald_testkit::ws::{V1Client, V1Event};
 use serde_json::{Value, json};
 use support::{TestServer, WsClient, http, redis_config};
 
@@ -246,4 +247,151 @@ async fn a_killed_nodes_connections_leave_presence_within_two_refreshes() {
     drop(on_b);
     let _ = std::fs::remove_dir_all(&dir);
     a.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// join/leave events
+// ---------------------------------------------------------------------------------------
+
+/// The server's event tick and per-tick cap (`presence.rs`): at most 200 events per second.
+const EVENT_TICK: Duration = Duration::from_millis(250);
+const MAX_EVENTS_PER_TICK: usize = 50;
+
+/// Adds `/room/{room}/` → `room.{room}` with tokens and `presence = true`.
+fn with_rooms(config: Config) -> Config {
+    let mut config = with_tokens(config);
+    let mut room = config.routes[0].clone();
+    room.path = "/room/{room}/".into();
+    room.groups = vec!["room.{room}".into()];
+    room.presence = true;
+    config.routes.push(room);
+    config
+}
+
+fn room_url(server: &TestServer, room: &str, sub: &str) -> String {
+    let token = mint(
+        SECRET.as_bytes(),
+        sub,
+        Some(vec!["room.*".into()]),
+        Duration::from_secs(3600),
+    )
+    .expect("mint");
+    server.ws_url(&format!("/room/{room}/?token={token}"))
+}
+
+/// A `herald.v1` watcher of `room` with `sub`, once its node announces changes to it.
+async fn watcher(server: &TestServer, room: &str, sub: &str) -> V1Client {
+    let client = V1Client::connect(&room_url(server, room, sub), BTreeMap::new())
+        .await
+        .expect("v1 connect");
+    let group = format!("room.{room}");
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while presence(server, &group).await.1["connections"] == 0 {
+        assert!(tokio::time::Instant::now() < until, "watcher never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The node's first read of a newly watched group sets what counts as known.
+    tokio::time::sleep(2 * EVENT_TICK + Duration::from_millis(100)).await;
+    client
+}
+
+/// The next join/leave event other than about `except`, skipping pings.
+async fn next_presence_event(
+    client: &mut V1Client,
+    except: &str,
+    deadline: Duration,
+) -> Option<(bool, String, String)> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_within(left).await.expect("v1 read")? {
+            V1Event::Presence(_, _, sub) if sub == except => {}
+            V1Event::Presence(joined, group, sub) => return Some((joined, group, sub)),
+            V1Event::Ping => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_v1_watcher_sees_join_and_leave_of_a_client_on_another_node() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let a = TestServer::with_config(with_rooms(redis_config(&redis.url(), &prefix))).await;
+    let b = TestServer::with_config(with_rooms(redis_config(&redis.url(), &prefix))).await;
+    let mut w = watcher(&a, "lobby", "w").await;
+    let x = WsClient::connect(&room_url(&b, "lobby", "x"))
+        .await
+        .expect("connect x");
+    assert_eq!(
+        next_presence_event(&mut w, "w", Duration::from_secs(3)).await,
+        Some((true, "room.lobby".to_owned(), "x".to_owned()))
+    );
+    x.close().await.expect("close x");
+    assert_eq!(
+        next_presence_event(&mut w, "w", Duration::from_secs(3)).await,
+        Some((false, "room.lobby".to_owned(), "x".to_owned()))
+    );
+    // Plain connections, or routes without `presence`, get no such frames: the seed
+    // route's clients only ever see messages.
+    drop(w);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_connects_in_a_second_send_at_most_fifty_events_per_tick() {
+    let server = TestServer::with_config(with_rooms(Config::default())).await;
+    let mut w = watcher(&server, "big", "w").await;
+    let started = tokio::time::Instant::now();
+    // The watcher reads on its own task, so each event is timed as it arrives.
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut at = Vec::new();
+        while seen.len() < 500 {
+            let event = next_presence_event(&mut w, "w", Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("only {} of 500 joins arrived", seen.len()));
+            assert!(event.0, "only joins: {event:?}");
+            assert!(seen.insert(event.2.clone()), "{} announced twice", event.2);
+            at.push(started.elapsed());
+        }
+        at
+    });
+    let mut clients = Vec::new();
+    for i in 0..500 {
+        clients.push(
+            WsClient::connect(&room_url(&server, "big", &format!("u{i}")))
+                .await
+                .expect("connect"),
+        );
+    }
+    let connecting = started.elapsed();
+    assert!(
+        connecting < Duration::from_secs(2),
+        "500 connects took {connecting:?}"
+    );
+    // Every join arrives, once, and never faster than the cap.
+    let at = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the joins arrive within 20 s")
+        .expect("reader did not panic");
+    // Any one second holds at most 5 ticks (200/s, plus one tick of timing slack).
+    let per_second = 5 * MAX_EVENTS_PER_TICK;
+    for (i, t) in at.iter().enumerate() {
+        let within = at[i..]
+            .iter()
+            .take_while(|u| **u < *t + Duration::from_secs(1))
+            .count();
+        assert!(
+            within <= per_second,
+            "{within} events within 1 s from {t:?} (bound {per_second})"
+        );
+    }
+    // 500 events at 50 per tick take 10 ticks: the last one came no sooner than 9 ticks
+    // after the first (less some delivery jitter).
+    let span = at[at.len() - 1] - at[0];
+    assert!(span >= 8 * EVENT_TICK, "500 events over {span:?}");
+    drop(clients);
+    server.stop().await;
 }
