@@ -216,6 +216,30 @@ pub trait Layer: Clone + Send + Sync + 'static {
         group: &GroupName,
     ) -> impl Future<Output = Result<Presence, LayerError>> + Send;
 
+    /// Records that `group` has a connection (call it after this node's
+    /// [`Layer::presence_update`] counted one). Returns `true` to exactly one caller per
+    /// transition from vacant to occupied, cluster-wide: that node announces
+    /// `group.occupied`. An occupied group that was waiting to be declared vacant stays
+    /// occupied, and nobody is told.
+    fn occupy(&self, group: &GroupName) -> impl Future<Output = Result<bool, LayerError>> + Send;
+
+    /// Checks whether occupied `group` has had no live presence entry for `delay`: the
+    /// first call that finds it empty starts the clock, and the call that finds it empty
+    /// for `delay` or longer returns `true` (exactly one caller per transition; that node
+    /// announces `group.vacated`). Any live entry stops the clock.
+    fn vacate(
+        &self,
+        group: &GroupName,
+        delay: Duration,
+    ) -> impl Future<Output = Result<bool, LayerError>> + Send;
+
+    /// Up to `limit` of the groups currently recorded as occupied, so that a node can
+    /// [`vacate`](Layer::vacate) those whose last node died.
+    fn occupied(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<GroupName>, LayerError>> + Send;
+
     /// Whether the backend is reachable now (what `/readyz` reports).
     fn is_ready(&self) -> bool;
 }

@@ -94,6 +94,9 @@ struct State {
     /// once per [`PRESENCE_SWEEP`].
     presence: HashMap<GroupName, (Instant, LocalPresence)>,
     last_presence_sweep: Option<Instant>,
+    /// Occupied groups, each with when it was first found empty (`occupy`/`vacate`).
+    /// A group leaves with its `vacate`; bounded by the groups that had connections.
+    occupied: HashMap<GroupName, Option<Instant>>,
 }
 
 /// How often [`State::presence`] drops entries whose `ttl` passed without a refresh.
@@ -528,6 +531,51 @@ impl Layer for MemoryLayer {
             .filter(|(until, _)| *until > now)
             .map(|(_, entry)| entry);
         Ok(Presence::sum(live))
+    }
+
+    async fn occupy(&self, group: &GroupName) -> Result<bool, LayerError> {
+        let mut state = self.lock();
+        match state.occupied.get_mut(group) {
+            Some(empty_since) => {
+                *empty_since = None;
+                Ok(false)
+            }
+            None => {
+                state.occupied.insert(group.clone(), None);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn vacate(&self, group: &GroupName, delay: Duration) -> Result<bool, LayerError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let live = state
+            .presence
+            .get(group)
+            .is_some_and(|(until, entry)| *until > now && entry.connections > 0);
+        let Some(empty_since) = state.occupied.get_mut(group) else {
+            return Ok(false);
+        };
+        if live {
+            *empty_since = None;
+            return Ok(false);
+        }
+        match *empty_since {
+            None => {
+                *empty_since = Some(now);
+                Ok(false)
+            }
+            Some(since) if now.saturating_duration_since(since) >= delay => {
+                state.occupied.remove(group);
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
+    async fn occupied(&self, limit: usize) -> Result<Vec<GroupName>, LayerError> {
+        Ok(self.lock().occupied.keys().take(limit).cloned().collect())
     }
 
     fn is_ready(&self) -> bool {

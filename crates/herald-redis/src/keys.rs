@@ -20,6 +20,8 @@ const STREAM: &str = "stream";
 const CHANNEL: &str = "ch";
 /// Suffix of the hash holding each node's presence entry for a group.
 const PRESENCE: &str = "presence";
+/// Suffix of the hash marking a group occupied (`since`, and `empty_since` while empty).
+const OCCUPIED: &str = "occ";
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
@@ -41,6 +43,17 @@ impl Keys {
     /// The hash with one presence entry per node (field: the node id).
     pub(crate) fn presence(&self, group: &GroupName) -> String {
         self.name(group, PRESENCE)
+    }
+
+    /// The hash marking the group occupied, for `group.occupied`/`group.vacated`.
+    pub(crate) fn occupied(&self, group: &GroupName) -> String {
+        self.name(group, OCCUPIED)
+    }
+
+    /// The sorted set of every occupied group (member: the group name, score: since when,
+    /// Unix ms). Not tied to a group: on Redis Cluster it lives on one shard.
+    pub(crate) fn occupied_index(&self) -> String {
+        format!("{}:occupied", self.prefix)
     }
 
     /// The pub/sub channel the group's messages are published on.

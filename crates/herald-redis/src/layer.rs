@@ -368,6 +368,44 @@ impl Layer for RedisLayer {
         }
     }
 
+    /// One script call on the group's occupied mark (see `presence.rs`).
+    async fn occupy(&self, group: &GroupName) -> Result<bool, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::occupy(&mut conn, &shared.keys, group);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(won)) => Ok(won),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    /// One script call reading the presence hash and updating the occupied mark.
+    async fn vacate(&self, group: &GroupName, delay: Duration) -> Result<bool, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::vacate(&mut conn, &shared.keys, group, delay);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(won)) => Ok(won),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    async fn occupied(&self, limit: usize) -> Result<Vec<GroupName>, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::occupied(&mut conn, &shared.keys, limit);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(groups)) => Ok(groups),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
     fn is_ready(&self) -> bool {
         !self.inner.cancel.is_cancelled() && self.inner.shared.ready.load(Ordering::Acquire)
     }

@@ -54,6 +54,119 @@ end
 return out
 "#;
 
+/// KEYS: occ hash, index. ARGV: group. 1 when the group was not occupied (this caller
+/// announces it); otherwise its empty clock stops and 0.
+const OCCUPY_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HDEL', KEYS[1], 'empty_since')
+  return 0
+end
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('HSET', KEYS[1], 'since', string.format('%d', now_ms))
+redis.call('ZADD', KEYS[2], now_ms, ARGV[1])
+return 1
+"#;
+
+/// KEYS: occ hash, presence hash, index. ARGV: group, delay ms. 1 when the occupied group
+/// had no live presence entry for the delay (this caller announces it vacated, and the
+/// marks go); otherwise 0, starting or stopping the empty clock.
+const VACATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 0
+end
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local all = redis.call('HGETALL', KEYS[2])
+for i = 2, #all, 2 do
+  local until_ms = tonumber(string.match(all[i], '^(%d+)\n'))
+  if until_ms ~= nil and until_ms > now_ms then
+    redis.call('HDEL', KEYS[1], 'empty_since')
+    return 0
+  end
+end
+local since = tonumber(redis.call('HGET', KEYS[1], 'empty_since'))
+if since == nil then
+  redis.call('HSET', KEYS[1], 'empty_since', string.format('%d', now_ms))
+  return 0
+end
+if now_ms - since >= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+static OCCUPY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(OCCUPY_LUA));
+static VACATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(VACATE_LUA));
+
+/// Runs the occupy script: `true` for the one caller of a vacant-to-occupied transition.
+pub(crate) async fn occupy<C>(
+    conn: &mut C,
+    keys: &Keys,
+    group: &GroupName,
+) -> Result<bool, ScriptError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let reply: Value = OCCUPY
+        .key(keys.occupied(group))
+        .key(keys.occupied_index())
+        .arg(group.as_str())
+        .invoke_async(conn)
+        .await?;
+    Ok(matches!(reply, Value::Int(1)))
+}
+
+/// Runs the vacate script: `true` for the one caller that finds the group empty for `delay`.
+pub(crate) async fn vacate<C>(
+    conn: &mut C,
+    keys: &Keys,
+    group: &GroupName,
+    delay: Duration,
+) -> Result<bool, ScriptError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    let reply: Value = VACATE
+        .key(keys.occupied(group))
+        .key(keys.presence(group))
+        .key(keys.occupied_index())
+        .arg(group.as_str())
+        .arg(delay_ms)
+        .invoke_async(conn)
+        .await?;
+    Ok(matches!(reply, Value::Int(1)))
+}
+
+/// Up to `limit` occupied groups, longest occupied first; names that are no valid group
+/// (not written by herald) are skipped.
+pub(crate) async fn occupied<C>(
+    conn: &mut C,
+    keys: &Keys,
+    limit: usize,
+) -> Result<Vec<GroupName>, ScriptError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.occupied_index())
+        .arg(0)
+        .arg(limit.saturating_sub(1))
+        .query_async(conn)
+        .await?;
+    Ok(names
+        .iter()
+        .filter_map(|n| GroupName::new(n).ok())
+        .collect())
+}
+
 static UPDATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UPDATE_LUA));
 static READ: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(READ_LUA));
 

@@ -161,6 +161,20 @@ where
         presence_expires_without_refresh,
     )
     .await;
+    run_case(
+        &make,
+        &run_id,
+        "occupied_once_vacated_once_after_the_delay",
+        occupied_once_vacated_once_after_the_delay,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "occupy_within_the_delay_stops_the_vacate_clock",
+        occupy_within_the_delay_stops_the_vacate_clock,
+    )
+    .await;
 }
 
 async fn run_case<L, F, Fut, C, CFut>(make: &F, run_id: &str, name: &'static str, case: C)
@@ -835,4 +849,65 @@ async fn presence_expires_without_refresh<L: Layer>(t: Ctx<L>) {
         "an entry not refreshed within its ttl is gone"
     );
     assert_eq!(t.presence(&refreshed).await.connections, 1, "refreshed");
+}
+
+async fn occupy<L: Layer>(t: &Ctx<L>, g: &GroupName) -> bool {
+    within(&format!("occupy {g}"), t.layer.occupy(g))
+        .await
+        .unwrap_or_else(|e| panic!("occupy {g} failed: {e}"))
+}
+
+async fn vacate<L: Layer>(t: &Ctx<L>, g: &GroupName, delay: Duration) -> bool {
+    within(&format!("vacate {g}"), t.layer.vacate(g, delay))
+        .await
+        .unwrap_or_else(|e| panic!("vacate {g} failed: {e}"))
+}
+
+async fn is_listed<L: Layer>(t: &Ctx<L>, g: &GroupName) -> bool {
+    within("occupied", t.layer.occupied(100_000))
+        .await
+        .unwrap_or_else(|e| panic!("occupied failed: {e}"))
+        .contains(g)
+}
+
+async fn occupied_once_vacated_once_after_the_delay<L: Layer>(t: Ctx<L>) {
+    let g = t.group("g");
+    let delay = Duration::from_millis(300);
+    assert!(
+        !vacate(&t, &g, delay).await,
+        "never occupied: nothing to vacate"
+    );
+    t.presence_update(&g, &local(1, &["42"]), PRESENCE_TTL)
+        .await;
+    assert!(occupy(&t, &g).await, "the first occupy wins the transition");
+    assert!(!occupy(&t, &g).await, "already occupied");
+    assert!(is_listed(&t, &g).await);
+    assert!(!vacate(&t, &g, delay).await, "a live entry: still occupied");
+    t.presence_update(&g, &local(0, &[]), PRESENCE_TTL).await;
+    assert!(!vacate(&t, &g, delay).await, "empty: the clock starts");
+    assert!(
+        !vacate(&t, &g, delay).await,
+        "empty for less than the delay"
+    );
+    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    assert!(vacate(&t, &g, delay).await, "empty for the delay: vacated");
+    assert!(!vacate(&t, &g, delay).await, "vacated once");
+    assert!(!is_listed(&t, &g).await);
+    assert!(occupy(&t, &g).await, "a new transition");
+}
+
+async fn occupy_within_the_delay_stops_the_vacate_clock<L: Layer>(t: Ctx<L>) {
+    let g = t.group("g");
+    let delay = Duration::from_millis(300);
+    assert!(occupy(&t, &g).await);
+    assert!(!vacate(&t, &g, delay).await, "the clock starts");
+    tokio::time::sleep(delay / 2).await;
+    assert!(!occupy(&t, &g).await, "a reload: no new transition");
+    tokio::time::sleep(delay / 2 + Duration::from_millis(50)).await;
+    assert!(
+        !vacate(&t, &g, delay).await,
+        "the occupy stopped the clock: it starts again"
+    );
+    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    assert!(vacate(&t, &g, delay).await);
 }

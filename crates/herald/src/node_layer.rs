@@ -124,6 +124,31 @@ impl Layer for NodeLayer {
         }
     }
 
+    async fn occupy(&self, group: &GroupName) -> Result<bool, LayerError> {
+        match self {
+            Self::Memory(l) => l.occupy(group).await,
+            Self::Redis(l) => l.occupy(group).await,
+        }
+    }
+
+    async fn vacate(
+        &self,
+        group: &GroupName,
+        delay: std::time::Duration,
+    ) -> Result<bool, LayerError> {
+        match self {
+            Self::Memory(l) => l.vacate(group, delay).await,
+            Self::Redis(l) => l.vacate(group, delay).await,
+        }
+    }
+
+    async fn occupied(&self, limit: usize) -> Result<Vec<GroupName>, LayerError> {
+        match self {
+            Self::Memory(l) => l.occupied(limit).await,
+            Self::Redis(l) => l.occupied(limit).await,
+        }
+    }
+
     fn is_ready(&self) -> bool {
         match self {
             Self::Memory(l) => l.is_ready(),

@@ -350,6 +350,18 @@ impl Layer for CountingLayer {
         Ok(herald_core::Presence::default())
     }
 
+    async fn occupy(&self, _: &GroupName) -> Result<bool, LayerError> {
+        Ok(false)
+    }
+
+    async fn vacate(&self, _: &GroupName, _: Duration) -> Result<bool, LayerError> {
+        Ok(false)
+    }
+
+    async fn occupied(&self, _: usize) -> Result<Vec<GroupName>, LayerError> {
+        Ok(Vec::new())
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
