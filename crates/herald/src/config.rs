@@ -73,6 +73,8 @@ pub struct Config {
     pub hook: HookConfig,
     /// Presence per group across nodes (`GET /api/presence/{group}`, DESIGN.md §12).
     pub presence: PresenceConfig,
+    /// `group.occupied` / `group.vacated` webhooks (DESIGN.md §12). Off unless a URL is set.
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[admin]`.
@@ -145,6 +147,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             hook: HookConfig::default(),
             presence: PresenceConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -416,6 +419,50 @@ impl PresenceConfig {
     /// How long one written entry counts: `2 × refresh`, the stated staleness bound.
     pub fn ttl(&self) -> Duration {
         self.refresh.saturating_mul(2)
+    }
+}
+
+/// `[webhooks]`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed (`http://host:port/path`). Default: none (no webhooks).
+    pub url: Option<String>,
+    /// Signs each request (`X-Herald-Signature`); required with `url`, at least 16 bytes.
+    pub secret: Option<String>,
+    /// How long a group must stay empty, cluster-wide, before `group.vacated` (a page
+    /// reload is no vacancy). Default `5s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub vacated_delay: Duration,
+    /// One request, connect to answer. Default `5s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub timeout: Duration,
+    /// Requests per event before it is given up (counted and logged). Default 10.
+    pub max_attempts: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            vacated_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            max_attempts: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhooksConfig {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhooksConfig")
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("vacated_delay", &self.vacated_delay)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
     }
 }
 
@@ -704,6 +751,7 @@ const SECTIONS: &[&str] = &[
     "admin",
     "hook",
     "presence",
+    "webhooks",
 ];
 
 impl Config {
@@ -784,6 +832,7 @@ impl Config {
                 self.publish.idempotency_window,
             ),
             ("presence.refresh", self.presence.refresh),
+            ("webhooks.timeout", self.webhooks.timeout),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {
@@ -806,6 +855,24 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        if let Some(url) = &self.webhooks.url {
+            crate::hook::Endpoint::parse(url).map_err(|e| ConfigError::new("webhooks.url", e))?;
+            match &self.webhooks.secret {
+                Some(secret) if secret.len() >= 16 => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        "webhooks.secret",
+                        "required with webhooks.url, at least 16 bytes",
+                    ));
+                }
+            }
+        }
+        if self.webhooks.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "webhooks.max_attempts",
+                "must be greater than 0",
+            ));
         }
         if self.layer.prefix.is_empty() {
             return Err(ConfigError::new("layer.prefix", "must not be empty"));

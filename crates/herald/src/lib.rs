@@ -70,6 +70,7 @@ pub mod server;
 mod socket;
 pub mod subscriptions;
 pub mod tls;
+pub mod webhooks;
 mod ws;
 
 pub use config::Config;

@@ -17,6 +17,15 @@
 //! connection, whatever the churn, and a join and leave within one tick cancel out. The
 //! first read of a newly watched group only sets what counts as announced: events report
 //! changes, the current set is `GET /api/presence/{group}`.
+//!
+//! With `[webhooks]`, the task also reports transitions: when a group gets its first
+//! connection here it asks the layer to [`occupy`](Layer::occupy) it (after writing the
+//! entry), and when a group loses its last connection here it asks to
+//! [`vacate`](Layer::vacate) it, again `vacated_delay` later. The layer answers `true` to
+//! one node per transition, cluster-wide, and that node queues the webhook. Every
+//! refresh, the groups recorded as occupied that have no connection here are checked as
+//! well, so that a group whose last node died is vacated too: within
+//! `2 × refresh` (its entries expire) `+ vacated_delay + refresh` (the next checks).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +41,7 @@ use crate::hub::ConnId;
 use crate::metrics::Metrics;
 use crate::node_layer::NodeLayer;
 use crate::outbox::{CONTROL_SLOT, OutFrame, Outbox};
+use crate::webhooks::{Transition, Webhooks};
 
 /// Changes queued for the task; a burst of connects waits here rather than growing it.
 const QUEUE: usize = 4096;
@@ -43,6 +53,8 @@ const CONCURRENCY: usize = 64;
 pub(crate) const EVENT_TICK: Duration = Duration::from_millis(250);
 /// Most `join`/`leave` events sent per group and tick.
 pub(crate) const MAX_EVENTS_PER_TICK: usize = 50;
+/// Occupied groups checked per refresh for a vacancy nobody here saw happen.
+const SWEEP: usize = 1000;
 
 #[derive(Debug)]
 struct Change {
@@ -102,6 +114,7 @@ impl PresenceBook {
         layer: NodeLayer,
         refresh: Duration,
         metrics: Arc<Metrics>,
+        webhooks: Option<Webhooks>,
         tracker: &tokio_util::task::TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
@@ -114,6 +127,9 @@ impl PresenceBook {
             failures: BurstLog::default(),
             groups: HashMap::new(),
             watched: HashMap::new(),
+            webhooks,
+            present: HashSet::new(),
+            rechecks: HashMap::new(),
         };
         tracker.spawn(task.run(rx, cancel));
         Self { tx }
@@ -156,6 +172,12 @@ struct Task {
     groups: HashMap<GroupName, Local>,
     /// Groups with watchers here; a group leaves with its last watcher.
     watched: HashMap<GroupName, Watched>,
+    webhooks: Option<Webhooks>,
+    /// Groups whose entry was last written with connections.
+    present: HashSet<GroupName>,
+    /// Groups emptied here, and when to ask again whether they are vacated. One per
+    /// group: bounded like `groups`.
+    rechecks: HashMap<GroupName, tokio::time::Instant>,
 }
 
 impl Task {
@@ -166,10 +188,18 @@ impl Task {
         refresh.tick().await;
         let mut events = tokio::time::interval(EVENT_TICK);
         events.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check_every = self
+            .webhooks
+            .as_ref()
+            .map_or(Duration::from_secs(1), |w| w.vacated_delay / 5)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let mut checks = tokio::time::interval(check_every);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty: HashSet<GroupName> = HashSet::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = checks.tick(), if !self.rechecks.is_empty() => self.recheck().await,
                 _ = events.tick(), if !self.watched.is_empty() => self.announce().await,
                 change = rx.recv() => {
                     let Some(change) = change else { break };
@@ -187,6 +217,7 @@ impl Task {
                 _ = refresh.tick() => {
                     let groups: Vec<GroupName> = self.groups.keys().cloned().collect();
                     self.write(groups).await;
+                    self.sweep().await;
                 }
             }
         }
@@ -237,6 +268,8 @@ impl Task {
     async fn write(&mut self, groups: Vec<GroupName>) {
         let mut in_flight = JoinSet::new();
         let mut failed = 0u64;
+        let mut firsts = Vec::new();
+        let mut emptied = Vec::new();
         for group in groups {
             let entry = match self.groups.get(&group) {
                 Some(local) if local.connections > 0 => local.entry(),
@@ -245,6 +278,13 @@ impl Task {
                     LocalPresence::default()
                 }
             };
+            if entry.connections > 0 {
+                if self.present.insert(group.clone()) {
+                    firsts.push((group.clone(), entry.subs.clone()));
+                }
+            } else if self.present.remove(&group) {
+                emptied.push(group.clone());
+            }
             if in_flight.len() >= CONCURRENCY {
                 failed += Self::failures_of(in_flight.join_next().await);
             }
@@ -255,12 +295,97 @@ impl Task {
         while let Some(done) = in_flight.join_next().await {
             failed += Self::failures_of(Some(done));
         }
+        // After the entries: a vacancy check elsewhere sees this node's connections.
+        if let Some(webhooks) = self.webhooks.clone() {
+            for (group, subs) in firsts {
+                self.rechecks.remove(&group);
+                match self.layer.occupy(&group).await {
+                    Ok(true) => webhooks.send(Transition::Occupied, group, subs),
+                    Ok(false) => {}
+                    Err(_) => failed += 1,
+                }
+            }
+            let at = tokio::time::Instant::now() + webhooks.vacated_delay;
+            for group in emptied {
+                // Starts the group's empty clock, unless another node has connections.
+                if self.vacate(&webhooks, &group).await.is_err() {
+                    failed += 1;
+                }
+                self.rechecks.insert(group, at);
+            }
+        }
         if failed > 0 {
             Metrics::add(&self.metrics.presence_failures, failed);
             if let Some(n) = self.failures.hit() {
                 tracing::warn!(
                     failed = n,
                     "presence entries not written to the layer; retried at the next refresh"
+                );
+            }
+        }
+    }
+
+    /// Asks the layer whether `group` is vacated now; queues the webhook if this node won.
+    async fn vacate(
+        &self,
+        webhooks: &Webhooks,
+        group: &GroupName,
+    ) -> Result<(), herald_core::LayerError> {
+        if self.layer.vacate(group, webhooks.vacated_delay).await? {
+            webhooks.send(Transition::Vacated, group.clone(), Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Asks again about the groups emptied here `vacated_delay` ago.
+    async fn recheck(&mut self) {
+        let Some(webhooks) = self.webhooks.clone() else {
+            self.rechecks.clear();
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let due: Vec<GroupName> = self
+            .rechecks
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(g, _)| g.clone())
+            .collect();
+        let mut failed = 0;
+        for group in due {
+            self.rechecks.remove(&group);
+            if !self.present.contains(&group) && self.vacate(&webhooks, &group).await.is_err() {
+                failed += 1;
+            }
+        }
+        self.count_failures(failed);
+    }
+
+    /// Checks the occupied groups without connections here: finds those whose last node
+    /// died (its entries expired), or whose check this node missed.
+    async fn sweep(&mut self) {
+        let Some(webhooks) = self.webhooks.clone() else {
+            return;
+        };
+        let groups = match self.layer.occupied(SWEEP).await {
+            Ok(groups) => groups,
+            Err(_) => return self.count_failures(1),
+        };
+        let mut failed = 0;
+        for group in groups {
+            if !self.present.contains(&group) && self.vacate(&webhooks, &group).await.is_err() {
+                failed += 1;
+            }
+        }
+        self.count_failures(failed);
+    }
+
+    fn count_failures(&self, failed: u64) {
+        if failed > 0 {
+            Metrics::add(&self.metrics.presence_failures, failed);
+            if let Some(n) = self.failures.hit() {
+                tracing::warn!(
+                    failed = n,
+                    "presence calls to the layer failed; retried at the next refresh"
                 );
             }
         }

@@ -183,10 +183,19 @@ pub async fn serve(
         &background,
         stop_background.clone(),
     );
+    let webhooks = crate::webhooks::Webhooks::spawn(
+        &config.webhooks,
+        node_name(),
+        metrics.clone(),
+        &background,
+        stop_background.clone(),
+    )
+    .map_err(|e| crate::config::ConfigError::new("webhooks.url", e))?;
     let presence = crate::presence::PresenceBook::spawn(
         layer.clone(),
         config.presence.refresh,
         metrics.clone(),
+        webhooks,
         &background,
         stop_background.clone(),
     );
