@@ -719,7 +719,7 @@ async fn reconnect_storm_after_a_restart_asks_once_per_session() {
         format!(
             "[[routes]]\npath = \"/message/{{user_id}}/stream/\"\ngroups = [\"user.{{user_id}}\"]\n\
              auth = \"hook\"\n\n[hook]\nurl = \"{}\"\ntimeout = \"5s\"\n\n\
-             [limits]\nmax_connections_per_ip = 10000\n",
+             [limits]\nmax_connections_per_ip = 10000\nmax_http_connections_per_ip = 10000\n",
             hook.url()
         ),
     )
