@@ -383,3 +383,58 @@ async fn a_group_left_by_every_node_leaves_no_key() {
     };
     assert!((1..=300).contains(&pttl), "key ttl {pttl}");
 }
+
+#[tokio::test]
+async fn presence_of_a_ten_thousand_member_group_is_one_script_call() {
+    use herald_core::LocalPresence;
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _a_rx) = layer(&redis, &prefix);
+    let (b, _b_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    ready(&b).await;
+    let g = group("big");
+    // 10,000 connections of 10,000 users, half on each node.
+    for (node, range) in [(&a, 0..5000), (&b, 5000..10_000)] {
+        let entry = LocalPresence {
+            connections: 5000,
+            subs: range.map(|i| format!("user-{i}")).collect(),
+        };
+        node.presence_update(&g, &entry, Duration::from_secs(60))
+            .await
+            .expect("update");
+    }
+    let evalsha_calls = || async {
+        let info = match redis.cmd(&["INFO", "commandstats"]).await {
+            redis::Value::BulkString(b) => String::from_utf8(b).expect("utf-8"),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO answered {other:?}"),
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The first call also loads the script (NOSCRIPT, SCRIPT LOAD, EVALSHA again).
+    a.presence(&g).await.expect("warm-up read");
+    let before = evalsha_calls().await;
+    let started = std::time::Instant::now();
+    let mut answer = None;
+    for _ in 0..10 {
+        answer = Some(a.presence(&g).await.expect("read"));
+    }
+    let per_read = started.elapsed() / 10;
+    let calls = evalsha_calls().await - before;
+    let answer = answer.expect("read");
+    assert_eq!(
+        (answer.connections, answer.nodes, answer.subs.len()),
+        (10_000, 2, 10_000)
+    );
+    assert_eq!(calls, 10, "one script call (one round trip) per read");
+    eprintln!("presence of a 10,000-member group: {per_read:?} per read");
+    assert!(
+        per_read < Duration::from_millis(500),
+        "{per_read:?} per read"
+    );
+}
