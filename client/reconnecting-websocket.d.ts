@@ -178,6 +178,13 @@ export interface ResyncEvent extends Event {
   group: string;
 }
 
+/** herald.v1 on a route with `presence = true`: a user entered (`join`) or left (`leave`) a group. */
+export interface PresenceEvent extends Event {
+  group: string;
+  /** The user's id: the connection token's or the connect hook's `sub`. */
+  sub: string;
+}
+
 export interface DropEvent extends Event {
   count: number;
   reason: 'ttl';
@@ -193,6 +200,8 @@ export interface ReconnectingWebSocketEventMap {
   gap: GapEvent;
   resync: ResyncEvent;
   drop: DropEvent;
+  join: PresenceEvent;
+  leave: PresenceEvent;
 }
 
 type Handler<E> = ((this: ReconnectingWebSocket, event: E) => any) | null;
@@ -271,6 +280,8 @@ declare class ReconnectingWebSocket extends EventTarget {
   ongap: Handler<GapEvent>;
   onresync: Handler<ResyncEvent>;
   ondrop: Handler<DropEvent>;
+  onjoin: Handler<PresenceEvent>;
+  onleave: Handler<PresenceEvent>;
 
   /** Connect now. Clears the closed state; a falsy argument means a fresh start. */
   open(reconnectAttempt?: boolean): void;

@@ -46,7 +46,7 @@
   // Events with an `on<type>` handler property. The first five are 1.0.0's; handlers run before
   // addEventListener listeners because their dispatcher is registered first, in the constructor.
   const LEGACY_EVENTS = ['open', 'close', 'connecting', 'message', 'error'];
-  const EXTENSION_EVENTS = ['giveup', 'gap', 'resync', 'drop'];
+  const EXTENSION_EVENTS = ['giveup', 'gap', 'resync', 'drop', 'join', 'leave'];
 
   // 1.0.0's options, with its names and units. Only timeoutInterval's default differs (D6).
   const LEGACY_DEFAULTS = {
@@ -1034,6 +1034,12 @@
           return undefined;
         case 'goaway':
           return this._onGoaway(ctx, header);
+        case 'join':
+        case 'leave':
+          // Routes with presence = true: another user (sub) entered or left the group.
+          if (typeof header.s !== 'string' || typeof header.sub !== 'string') return this._badFrame(data);
+          this._emit(header.t, { group: header.s, sub: header.sub });
+          return undefined;
         default:
           this._log('unknown-frame', header.t); // newer server: ignore what we do not know
           return undefined;
@@ -1333,6 +1339,8 @@
   ReconnectingWebSocket.prototype.ongap = null;
   ReconnectingWebSocket.prototype.onresync = null;
   ReconnectingWebSocket.prototype.ondrop = null;
+  ReconnectingWebSocket.prototype.onjoin = null;
+  ReconnectingWebSocket.prototype.onleave = null;
 
   ReconnectingWebSocket.prototype.CONNECTING = CONNECTING;
   ReconnectingWebSocket.prototype.OPEN = OPEN;

@@ -124,6 +124,22 @@ test('resync when recovered is false or the epoch changed; the stream continues 
   }
 });
 
+test('presence: join and leave frames become join/leave events, never messages', () => {
+  const t = heraldClient();
+  const seen = [];
+  t.sock.onjoin = (e) => seen.push(['onjoin', e.group, e.sub]);
+  t.sock.addEventListener('leave', (e) => seen.push(['leave', e.group, e.sub]));
+  t.ws(1).accept('herald.v1');
+  welcome(t.ws(1), { [G]: { o: 0, e: 'E', recovered: false } });
+  t.ws(1).receive(frame({ t: 'join', s: G, sub: '7' }));
+  t.ws(1).receive(frame({ t: 'leave', s: G, sub: '7' }));
+  t.ws(1).receive(frame({ t: 'join', s: G }));
+  assert.deepEqual(t.last('join').group, G);
+  assert.deepEqual(seen, [['onjoin', G, '7'], ['leave', G, '7']], 'a join without sub is ignored');
+  assert.deepEqual(t.all('message'), []);
+  assert.deepEqual(t.all('gap'), [], 'offsets are untouched');
+});
+
 test('binary frames: u32 BE header length | header | payload, delivered per binaryType', async () => {
   const t = heraldClient({ binaryType: 'arraybuffer' });
   t.ws(1).accept('herald.v1');

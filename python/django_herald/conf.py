@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "HERALD_DJANGO_CHANNEL_PREFIX": "herald",
     # Seconds between herald's membership refreshes ([django] membership_refresh).
     "HERALD_DJANGO_MEMBERSHIP_REFRESH": 60,
+    # herald's [webhooks] secret, for the webhook view (None: the view refuses to run).
+    "HERALD_WEBHOOK_SECRET": None,
+    # Seconds a signature's timestamp may be from now; older ones are replays (403).
+    "HERALD_WEBHOOK_TOLERANCE": 300,
 }
 
 

@@ -37,4 +37,5 @@ TEMPLATES = [
 HERALD_SECRET = "django-herald-test-secret-of-32-bytes!"
 HERALD_API_KEY = "test-api-key"
 HERALD_PUBLISH_BACKOFF = 0.05
+HERALD_WEBHOOK_SECRET = "django-herald-webhook-secret"
 STATIC_URL = "/static/"

@@ -2,7 +2,7 @@
 import { createEnv, loadOurs } from './env.mjs';
 
 export const URL_ = 'ws://h.test/message/42/stream/';
-export const TYPES = ['open', 'close', 'connecting', 'message', 'error', 'giveup', 'gap', 'resync', 'drop'];
+export const TYPES = ['open', 'close', 'connecting', 'message', 'error', 'giveup', 'gap', 'resync', 'drop', 'join', 'leave'];
 
 /**
  * Builds one client. Returns {env, R, sock, events, ws(n), last(type), all(type)}.

@@ -23,6 +23,8 @@ ours.onmessage = (e) => void e.data;
 ours.onclose = null; // tolerated (D1)
 ours.addEventListener('close', (e) => void e.willReconnect);
 ours.addEventListener('gap', (e) => void [e.group, e.from, e.to]);
+ours.addEventListener('join', (e) => void [e.group, e.sub.toUpperCase()]);
+ours.onleave = (e) => void [e.group, e.sub.length];
 ours.addEventListener('resync', (e) => void e.group);
 ours.addEventListener('giveup', (e) => void e.attempts);
 ours.addEventListener('drop', (e) => void e.count);

@@ -76,6 +76,45 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// This node's share of a group's presence, as [`Layer::presence_update`] records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalPresence {
+    /// Connections of the group on this node. Zero removes the node's entry.
+    pub connections: u64,
+    /// The distinct `sub`s of those connections (anonymous ones have none), sorted.
+    pub subs: Vec<String>,
+}
+
+/// A group's presence across every node sharing the backend: the answer to
+/// [`Layer::presence`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Connections of the group, summed over the nodes.
+    pub connections: u64,
+    /// The distinct `sub`s over all nodes, sorted.
+    pub subs: Vec<String>,
+    /// Nodes with at least one connection in the group.
+    pub nodes: u64,
+}
+
+impl Presence {
+    /// Sums node entries into one answer (entries with no connection are skipped).
+    pub fn sum<'a>(entries: impl IntoIterator<Item = &'a LocalPresence>) -> Self {
+        let mut total = Self::default();
+        let mut subs = std::collections::BTreeSet::new();
+        for entry in entries {
+            if entry.connections == 0 {
+                continue;
+            }
+            total.connections = total.connections.saturating_add(entry.connections);
+            total.nodes += 1;
+            subs.extend(entry.subs.iter().cloned());
+        }
+        total.subs = subs.into_iter().collect();
+        total
+    }
+}
+
 /// Why a layer operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -189,6 +228,48 @@ pub trait Layer: Clone + Send + Sync + 'static {
         group: &GroupName,
         since: Option<&Position>,
     ) -> impl Future<Output = Result<History, LayerError>> + Send;
+
+    /// Records this node's share of `group`'s presence, replacing what it recorded before.
+    /// The entry counts for `ttl` (at least 1 ms): a node refreshes its entries well within
+    /// it, so the entries of a node that died without clearing them vanish after `ttl` at
+    /// most. `connections == 0` removes the node's entry at once.
+    fn presence_update(
+        &self,
+        group: &GroupName,
+        local: &LocalPresence,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), LayerError>> + Send;
+
+    /// `group`'s presence summed over the live entries of every node (one backend round
+    /// trip per call, whatever the group's size).
+    fn presence(
+        &self,
+        group: &GroupName,
+    ) -> impl Future<Output = Result<Presence, LayerError>> + Send;
+
+    /// Records that `group` has a connection (call it after this node's
+    /// [`Layer::presence_update`] counted one). Returns `true` to exactly one caller per
+    /// transition from vacant to occupied, cluster-wide: that node announces
+    /// `group.occupied`. An occupied group that was waiting to be declared vacant stays
+    /// occupied, and nobody is told.
+    fn occupy(&self, group: &GroupName) -> impl Future<Output = Result<bool, LayerError>> + Send;
+
+    /// Checks whether occupied `group` has had no live presence entry for `delay`: the
+    /// first call that finds it empty starts the clock, and the call that finds it empty
+    /// for `delay` or longer returns `true` (exactly one caller per transition; that node
+    /// announces `group.vacated`). Any live entry stops the clock.
+    fn vacate(
+        &self,
+        group: &GroupName,
+        delay: Duration,
+    ) -> impl Future<Output = Result<bool, LayerError>> + Send;
+
+    /// Up to `limit` of the groups currently recorded as occupied, so that a node can
+    /// [`vacate`](Layer::vacate) those whose last node died.
+    fn occupied(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<GroupName>, LayerError>> + Send;
 
     /// Whether the backend is reachable now (what `/readyz` reports).
     fn is_ready(&self) -> bool;

@@ -34,7 +34,7 @@ pub use group::{GroupName, InvalidGroupName};
 pub use idempotency::MAX_KEYS_PER_GROUP;
 pub use layer::{
     HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError,
-    Published,
+    LocalPresence, Presence, Published,
 };
 pub use memory::MemoryLayer;
 pub use message::{Epoch, Message, Payload, PayloadKind, Position};

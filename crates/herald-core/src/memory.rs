@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::idempotency::IdempotencyRecords;
 use crate::{
     Epoch, GroupName, HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, KeyedItem, Layer,
-    LayerError, Message, Payload, Position, Published,
+    LayerError, LocalPresence, Message, Payload, Position, Presence, Published,
 };
 
 /// Settings of a [`MemoryLayer`].
@@ -89,7 +89,18 @@ struct State {
     evicted: u64,
     /// Idempotency keys published per group (`publish_idempotent`).
     keys: IdempotencyRecords,
+    /// This node's presence per group, each valid until its instant. One entry per group
+    /// with connections (an update with none removes it); expired ones are swept at most
+    /// once per [`PRESENCE_SWEEP`].
+    presence: HashMap<GroupName, (Instant, LocalPresence)>,
+    last_presence_sweep: Option<Instant>,
+    /// Occupied groups, each with when it was first found empty (`occupy`/`vacate`).
+    /// A group leaves with its `vacate`; bounded by the groups that had connections.
+    occupied: HashMap<GroupName, Option<Instant>>,
 }
+
+/// How often [`State::presence`] drops entries whose `ttl` passed without a refresh.
+const PRESENCE_SWEEP: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct GroupState {
@@ -471,6 +482,87 @@ impl Layer for MemoryLayer {
             recovered: covered,
             messages,
         })
+    }
+
+    /// One process is one node: the answer is this layer's own entry, if still valid.
+    async fn presence_update(
+        &self,
+        group: &GroupName,
+        local: &LocalPresence,
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state
+            .last_presence_sweep
+            .is_none_or(|at| now.saturating_duration_since(at) >= PRESENCE_SWEEP)
+        {
+            state.last_presence_sweep = Some(now);
+            state.presence.retain(|_, (until, _)| *until > now);
+        }
+        if local.connections == 0 {
+            state.presence.remove(group);
+        } else {
+            let until = now + ttl.max(Duration::from_millis(1));
+            state.presence.insert(group.clone(), (until, local.clone()));
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        let now = Instant::now();
+        let state = self.lock();
+        let live = state
+            .presence
+            .get(group)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, entry)| entry);
+        Ok(Presence::sum(live))
+    }
+
+    async fn occupy(&self, group: &GroupName) -> Result<bool, LayerError> {
+        let mut state = self.lock();
+        match state.occupied.get_mut(group) {
+            Some(empty_since) => {
+                *empty_since = None;
+                Ok(false)
+            }
+            None => {
+                state.occupied.insert(group.clone(), None);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn vacate(&self, group: &GroupName, delay: Duration) -> Result<bool, LayerError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let live = state
+            .presence
+            .get(group)
+            .is_some_and(|(until, entry)| *until > now && entry.connections > 0);
+        let Some(empty_since) = state.occupied.get_mut(group) else {
+            return Ok(false);
+        };
+        if live {
+            *empty_since = None;
+            return Ok(false);
+        }
+        match *empty_since {
+            None => {
+                *empty_since = Some(now);
+                Ok(false)
+            }
+            Some(since) if now.saturating_duration_since(since) >= delay => {
+                state.occupied.remove(group);
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
+    async fn occupied(&self, limit: usize) -> Result<Vec<GroupName>, LayerError> {
+        Ok(self.lock().occupied.keys().take(limit).cloned().collect())
     }
 
     fn is_ready(&self) -> bool {

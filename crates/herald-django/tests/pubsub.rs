@@ -165,6 +165,41 @@ impl herald_core::Layer for GatedLayer {
         self.inner.subscribe(g).await
     }
 
+    async fn presence_update(
+        &self,
+        g: &herald_core::GroupName,
+        local: &herald_core::LocalPresence,
+        ttl: std::time::Duration,
+    ) -> Result<(), herald_core::LayerError> {
+        self.inner.presence_update(g, local, ttl).await
+    }
+
+    async fn presence(
+        &self,
+        g: &herald_core::GroupName,
+    ) -> Result<herald_core::Presence, herald_core::LayerError> {
+        self.inner.presence(g).await
+    }
+
+    async fn occupy(&self, g: &herald_core::GroupName) -> Result<bool, herald_core::LayerError> {
+        self.inner.occupy(g).await
+    }
+
+    async fn vacate(
+        &self,
+        g: &herald_core::GroupName,
+        delay: std::time::Duration,
+    ) -> Result<bool, herald_core::LayerError> {
+        self.inner.vacate(g, delay).await
+    }
+
+    async fn occupied(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<herald_core::GroupName>, herald_core::LayerError> {
+        self.inner.occupied(limit).await
+    }
+
     async fn unsubscribe(&self, g: &herald_core::GroupName) -> Result<(), herald_core::LayerError> {
         self.inner.unsubscribe(g).await
     }

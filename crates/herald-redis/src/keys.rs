@@ -18,6 +18,10 @@ const META: &str = "meta";
 const STREAM: &str = "stream";
 /// Suffix of the pub/sub channel carrying a group's messages.
 const CHANNEL: &str = "ch";
+/// Suffix of the hash holding each node's presence entry for a group.
+const PRESENCE: &str = "presence";
+/// Suffix of the hash marking a group occupied (`since`, and `empty_since` while empty).
+const OCCUPIED: &str = "occ";
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
@@ -34,6 +38,22 @@ impl Keys {
     /// The stream with the group's recent messages.
     pub(crate) fn stream(&self, group: &GroupName) -> String {
         self.name(group, STREAM)
+    }
+
+    /// The hash with one presence entry per node (field: the node id).
+    pub(crate) fn presence(&self, group: &GroupName) -> String {
+        self.name(group, PRESENCE)
+    }
+
+    /// The hash marking the group occupied, for `group.occupied`/`group.vacated`.
+    pub(crate) fn occupied(&self, group: &GroupName) -> String {
+        self.name(group, OCCUPIED)
+    }
+
+    /// The sorted set of every occupied group (member: the group name, score: since when,
+    /// Unix ms). Not tied to a group: on Redis Cluster it lives on one shard.
+    pub(crate) fn occupied_index(&self) -> String {
+        format!("{}:occupied", self.prefix)
     }
 
     /// The pub/sub channel the group's messages are published on.
@@ -72,6 +92,7 @@ mod tests {
         assert_eq!(keys.meta(&g), "herald:{user.42}:meta");
         assert_eq!(keys.stream(&g), "herald:{user.42}:stream");
         assert_eq!(keys.channel(&g), "herald:{user.42}:ch");
+        assert_eq!(keys.presence(&g), "herald:{user.42}:presence");
     }
 
     #[test]

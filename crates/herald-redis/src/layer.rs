@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use herald_core::{
-    GroupName, History, Incoming, KeyedItem, Layer, LayerError, Message, Payload, Position,
-    Published,
+    GroupName, History, Incoming, KeyedItem, Layer, LayerError, LocalPresence, Message, Payload,
+    Position, Presence, Published,
 };
 use redis::ConnectionAddr;
 use redis::aio::MultiplexedConnection;
@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
+use crate::presence;
 use crate::scripts::{self, Limits, ScriptError};
 use crate::subscriber::{self, SubscriberWriter};
 use crate::{RedisLayerConfig, RedisLayerError, supervisor};
@@ -73,6 +74,9 @@ pub(crate) struct Shared {
     /// Wakes the read loop when `lost_session` was set.
     pub(crate) command_lost: Notify,
     pub(crate) stats: Counters,
+    /// This layer's name among the nodes, as its presence entries are keyed: random per
+    /// layer, so a restarted node never revives its former entries.
+    node: String,
 }
 
 /// Counters of a [`RedisLayer`], for metrics. All are totals since the layer was built.
@@ -150,6 +154,7 @@ impl RedisLayer {
             lost_session: AtomicU64::new(0),
             command_lost: Notify::new(),
             stats: Counters::default(),
+            node: format!("{:016x}", fastrand::u64(..)),
             config,
         });
         let cancel = CancellationToken::new();
@@ -184,6 +189,11 @@ impl RedisLayer {
             decode_errors: c.decode_errors.get(),
             unavailable: c.unavailable.get(),
         }
+    }
+
+    /// This layer's node id: random per layer, the field of its presence entries.
+    pub fn node_id(&self) -> &str {
+        &self.inner.shared.node
     }
 
     /// The groups this node currently wants delivered (applied to Redis as soon as it is
@@ -321,6 +331,76 @@ impl Layer for RedisLayer {
         let call = scripts::history(&mut conn, &shared.keys, shared.limits, group, since);
         match tokio::time::timeout(shared.config.command_timeout, call).await {
             Ok(Ok(history)) => Ok(history),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    /// One script call on the group's presence hash (see `presence.rs`).
+    async fn presence_update(
+        &self,
+        group: &GroupName,
+        local: &LocalPresence,
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::update(&mut conn, &shared.keys, &shared.node, group, local, ttl);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    /// One script call on the group's presence hash: one round trip, whatever the
+    /// group's size.
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::read(&mut conn, &shared.keys, group);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    /// One script call on the group's occupied mark (see `presence.rs`).
+    async fn occupy(&self, group: &GroupName) -> Result<bool, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::occupy(&mut conn, &shared.keys, group);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(won)) => Ok(won),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    /// One script call reading the presence hash and updating the occupied mark.
+    async fn vacate(&self, group: &GroupName, delay: Duration) -> Result<bool, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::vacate(&mut conn, &shared.keys, group, delay);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(won)) => Ok(won),
+            Ok(Err(e)) => Err(shared.command_failed(session, e)),
+            Err(_) => Err(shared.timed_out()),
+        }
+    }
+
+    async fn occupied(&self, limit: usize) -> Result<Vec<GroupName>, LayerError> {
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let (session, mut conn) = shared.command_connection()?;
+        let call = presence::occupied(&mut conn, &shared.keys, limit);
+        match tokio::time::timeout(shared.config.command_timeout, call).await {
+            Ok(Ok(groups)) => Ok(groups),
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
             Err(_) => Err(shared.timed_out()),
         }

@@ -37,12 +37,15 @@
 //! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry) | `history.max_age`, refreshed by each publish; set when `history` creates the epoch |
 //! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | `history.max_age`, refreshed by each publish |
 //! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
+//! | `{prefix}:{{group}}:presence` | hash | one field per node with connections in the group: `{valid_until_ms}\n{connections}\n{subs}` (see `presence.rs`) | the writer's presence `ttl`, refreshed by each update; expired fields are skipped and deleted by reads |
+//! | `{prefix}:{{group}}:occ` | hash | only with webhooks: the group is occupied (`since`; `empty_since` while no node has a connection) | none: deleted by the `vacate` that reports the group vacated |
+//! | `{prefix}:occupied` | sorted set | only with webhooks: every occupied group, scored by `since`, for the nodes' sweep | none |
 //!
 //! With the defaults, group `user.42` uses `herald:{user.42}:meta`,
-//! `herald:{user.42}:stream` and `herald:{user.42}:ch`. Nothing else is stored: which
-//! nodes subscribe to what lives only in Redis' pub/sub state, which vanishes with the
-//! connection, so a crashed node leaks nothing. An idle group's history and epoch expire
-//! together.
+//! `herald:{user.42}:stream`, `herald:{user.42}:ch` and `herald:{user.42}:presence`.
+//! Which nodes subscribe to what lives only in Redis' pub/sub state, which vanishes with
+//! the connection, and a crashed node's presence fields expire, so it leaks nothing. An
+//! idle group's history and epoch expire together.
 //!
 //! The envelope (see `envelope.rs`) is `0x01 | kind | offset ':' epoch '\n' | payload`:
 //! a version byte first, the payload last and never escaped.
@@ -73,6 +76,7 @@ mod envelope;
 mod error;
 mod keys;
 mod layer;
+mod presence;
 pub mod resp;
 mod scripts;
 mod subscriber;

@@ -168,7 +168,7 @@ static HISTORY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HI
 /// under the same name.
 #[derive(Debug, thiserror::Error)]
 #[error("unexpected script reply: {0}")]
-pub(crate) struct BadReply(&'static str);
+pub(crate) struct BadReply(pub(crate) &'static str);
 
 /// The history settings as script arguments.
 #[derive(Clone, Copy, Debug)]

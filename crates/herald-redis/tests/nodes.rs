@@ -350,3 +350,140 @@ async fn publish_once_publishes_an_id_once_across_nodes() {
         ]
     );
 }
+
+#[tokio::test]
+async fn presence_sums_the_nodes_and_a_dead_nodes_entry_expires() {
+    use herald_core::{LocalPresence, Presence};
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _a_rx) = layer(&redis, &prefix);
+    let (b, _b_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    ready(&b).await;
+    assert_ne!(a.node_id(), b.node_id());
+    let g = group("user.42");
+    let ttl = Duration::from_millis(500);
+    let entry = |connections, subs: &[&str]| LocalPresence {
+        connections,
+        subs: subs.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    a.presence_update(&g, &entry(2, &["42", "7"]), Duration::from_secs(60))
+        .await
+        .expect("update a");
+    b.presence_update(&g, &entry(1, &["42"]), ttl)
+        .await
+        .expect("update b");
+    let both = Presence {
+        connections: 3,
+        subs: vec!["42".to_owned(), "7".to_owned()],
+        nodes: 2,
+    };
+    assert_eq!(a.presence(&g).await.expect("read"), both);
+    assert_eq!(
+        b.presence(&g).await.expect("read"),
+        both,
+        "same on every node"
+    );
+    // b dies without clearing its entry: it counts until its ttl and not after.
+    b.close().await;
+    drop(b);
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(
+        a.presence(&g).await.expect("read"),
+        Presence {
+            connections: 2,
+            subs: vec!["42".to_owned(), "7".to_owned()],
+            nodes: 1,
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_group_left_by_every_node_leaves_no_key() {
+    use herald_core::LocalPresence;
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    let g = group("gone");
+    let one = LocalPresence {
+        connections: 1,
+        subs: vec!["1".to_owned()],
+    };
+    a.presence_update(&g, &one, Duration::from_millis(300))
+        .await
+        .expect("update");
+    a.presence_update(&g, &LocalPresence::default(), Duration::from_millis(300))
+        .await
+        .expect("clear");
+    let key = format!("{prefix}:{{{g}}}:presence");
+    assert_eq!(
+        redis.cmd(&["EXISTS", &key]).await,
+        redis::Value::Int(0),
+        "the last field gone deletes the hash"
+    );
+    // A node that dies leaves its key to expire with the ttl.
+    a.presence_update(&g, &one, Duration::from_millis(300))
+        .await
+        .expect("update");
+    let pttl = match redis.cmd(&["PTTL", &key]).await {
+        redis::Value::Int(n) => n,
+        other => panic!("PTTL answered {other:?}"),
+    };
+    assert!((1..=300).contains(&pttl), "key ttl {pttl}");
+}
+
+#[tokio::test]
+async fn presence_of_a_ten_thousand_member_group_is_one_script_call() {
+    use herald_core::LocalPresence;
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _a_rx) = layer(&redis, &prefix);
+    let (b, _b_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    ready(&b).await;
+    let g = group("big");
+    // 10,000 connections of 10,000 users, half on each node.
+    for (node, range) in [(&a, 0..5000), (&b, 5000..10_000)] {
+        let entry = LocalPresence {
+            connections: 5000,
+            subs: range.map(|i| format!("user-{i}")).collect(),
+        };
+        node.presence_update(&g, &entry, Duration::from_secs(60))
+            .await
+            .expect("update");
+    }
+    let evalsha_calls = || async {
+        let info = match redis.cmd(&["INFO", "commandstats"]).await {
+            redis::Value::BulkString(b) => String::from_utf8(b).expect("utf-8"),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO answered {other:?}"),
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The first call also loads the script (NOSCRIPT, SCRIPT LOAD, EVALSHA again).
+    a.presence(&g).await.expect("warm-up read");
+    let before = evalsha_calls().await;
+    let started = std::time::Instant::now();
+    let mut answer = None;
+    for _ in 0..10 {
+        answer = Some(a.presence(&g).await.expect("read"));
+    }
+    let per_read = started.elapsed() / 10;
+    let calls = evalsha_calls().await - before;
+    let answer = answer.expect("read");
+    assert_eq!(
+        (answer.connections, answer.nodes, answer.subs.len()),
+        (10_000, 2, 10_000)
+    );
+    assert_eq!(calls, 10, "one script call (one round trip) per read");
+    eprintln!("presence of a 10,000-member group: {per_read:?} per read");
+    assert!(
+        per_read < Duration::from_millis(500),
+        "{per_read:?} per read"
+    );
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::{
-    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, Message, Payload, Position,
-    Published,
+    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, LocalPresence, Message, Payload,
+    Position, Presence, Published,
 };
 
 /// The history bounds every layer under test is built with.
@@ -140,6 +140,41 @@ where
         idempotency_window_ends,
     )
     .await;
+    run_case(
+        &make,
+        &run_id,
+        "presence_of_an_unknown_group_is_empty",
+        presence_of_an_unknown_group_is_empty,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "presence_update_replaces_and_zero_removes",
+        presence_update_replaces_and_zero_removes,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "presence_expires_without_refresh",
+        presence_expires_without_refresh,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "occupied_once_vacated_once_after_the_delay",
+        occupied_once_vacated_once_after_the_delay,
+    )
+    .await;
+    run_case(
+        &make,
+        &run_id,
+        "occupy_within_the_delay_stops_the_vacate_clock",
+        occupy_within_the_delay_stops_the_vacate_clock,
+    )
+    .await;
 }
 
 async fn run_case<L, F, Fut, C, CFut>(make: &F, run_id: &str, name: &'static str, case: C)
@@ -209,6 +244,21 @@ impl<L: Layer> Ctx<L> {
         )
         .await
         .unwrap_or_else(|e| panic!("history of {group} failed: {e}"))
+    }
+
+    async fn presence_update(&self, group: &GroupName, local: &LocalPresence, ttl: Duration) {
+        within(
+            &format!("presence_update of {group}"),
+            self.layer.presence_update(group, local, ttl),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("presence_update of {group} failed: {e}"));
+    }
+
+    async fn presence(&self, group: &GroupName) -> Presence {
+        within(&format!("presence of {group}"), self.layer.presence(group))
+            .await
+            .unwrap_or_else(|e| panic!("presence of {group} failed: {e}"))
     }
 
     /// The next message on `Incoming`, or a panic after [`RECV_TIMEOUT`].
@@ -724,4 +774,140 @@ async fn idempotency_window_ends<L: Layer>(t: Ctx<L>) {
             "the key was still a duplicate {RECV_TIMEOUT:?} after a window of {window:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Presence
+// ---------------------------------------------------------------------------------------
+
+/// Long enough that no entry in the presence cases expires by accident.
+const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+fn local(connections: u64, subs: &[&str]) -> LocalPresence {
+    LocalPresence {
+        connections,
+        subs: subs.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+async fn presence_of_an_unknown_group_is_empty<L: Layer>(t: Ctx<L>) {
+    let g = t.group("nobody");
+    assert_eq!(t.presence(&g).await, Presence::default());
+}
+
+async fn presence_update_replaces_and_zero_removes<L: Layer>(t: Ctx<L>) {
+    let (g, other) = (t.group("g"), t.group("other"));
+    t.presence_update(&g, &local(3, &["42", "7"]), PRESENCE_TTL)
+        .await;
+    t.presence_update(&other, &local(1, &[]), PRESENCE_TTL)
+        .await;
+    let seen = t.presence(&g).await;
+    assert_eq!(
+        (seen.connections, seen.nodes),
+        (3, 1),
+        "one node, three connections"
+    );
+    assert_eq!(seen.subs, vec!["42".to_owned(), "7".to_owned()], "sorted");
+    // A second update replaces the node's entry, it does not add to it.
+    t.presence_update(&g, &local(1, &["7"]), PRESENCE_TTL).await;
+    assert_eq!(
+        t.presence(&g).await,
+        Presence {
+            connections: 1,
+            subs: vec!["7".to_owned()],
+            nodes: 1
+        }
+    );
+    t.presence_update(&g, &local(0, &[]), PRESENCE_TTL).await;
+    assert_eq!(t.presence(&g).await, Presence::default(), "zero removes");
+    assert_eq!(
+        t.presence(&other).await,
+        Presence {
+            connections: 1,
+            subs: Vec::new(),
+            nodes: 1
+        },
+        "other groups are untouched, and anonymous connections have no sub"
+    );
+}
+
+async fn presence_expires_without_refresh<L: Layer>(t: Ctx<L>) {
+    let ttl = Duration::from_millis(400);
+    let (g, refreshed) = (t.group("g"), t.group("refreshed"));
+    t.presence_update(&g, &local(2, &["42"]), ttl).await;
+    t.presence_update(&refreshed, &local(1, &["9"]), ttl).await;
+    assert_eq!(t.presence(&g).await.connections, 2);
+    // `refreshed` is updated within its ttl, twice; `g` is not.
+    for _ in 0..2 {
+        tokio::time::sleep(ttl / 2).await;
+        t.presence_update(&refreshed, &local(1, &["9"]), ttl).await;
+    }
+    tokio::time::sleep(ttl / 4).await;
+    assert_eq!(
+        t.presence(&g).await,
+        Presence::default(),
+        "an entry not refreshed within its ttl is gone"
+    );
+    assert_eq!(t.presence(&refreshed).await.connections, 1, "refreshed");
+}
+
+async fn occupy<L: Layer>(t: &Ctx<L>, g: &GroupName) -> bool {
+    within(&format!("occupy {g}"), t.layer.occupy(g))
+        .await
+        .unwrap_or_else(|e| panic!("occupy {g} failed: {e}"))
+}
+
+async fn vacate<L: Layer>(t: &Ctx<L>, g: &GroupName, delay: Duration) -> bool {
+    within(&format!("vacate {g}"), t.layer.vacate(g, delay))
+        .await
+        .unwrap_or_else(|e| panic!("vacate {g} failed: {e}"))
+}
+
+async fn is_listed<L: Layer>(t: &Ctx<L>, g: &GroupName) -> bool {
+    within("occupied", t.layer.occupied(100_000))
+        .await
+        .unwrap_or_else(|e| panic!("occupied failed: {e}"))
+        .contains(g)
+}
+
+async fn occupied_once_vacated_once_after_the_delay<L: Layer>(t: Ctx<L>) {
+    let g = t.group("g");
+    let delay = Duration::from_millis(300);
+    assert!(
+        !vacate(&t, &g, delay).await,
+        "never occupied: nothing to vacate"
+    );
+    t.presence_update(&g, &local(1, &["42"]), PRESENCE_TTL)
+        .await;
+    assert!(occupy(&t, &g).await, "the first occupy wins the transition");
+    assert!(!occupy(&t, &g).await, "already occupied");
+    assert!(is_listed(&t, &g).await);
+    assert!(!vacate(&t, &g, delay).await, "a live entry: still occupied");
+    t.presence_update(&g, &local(0, &[]), PRESENCE_TTL).await;
+    assert!(!vacate(&t, &g, delay).await, "empty: the clock starts");
+    assert!(
+        !vacate(&t, &g, delay).await,
+        "empty for less than the delay"
+    );
+    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    assert!(vacate(&t, &g, delay).await, "empty for the delay: vacated");
+    assert!(!vacate(&t, &g, delay).await, "vacated once");
+    assert!(!is_listed(&t, &g).await);
+    assert!(occupy(&t, &g).await, "a new transition");
+}
+
+async fn occupy_within_the_delay_stops_the_vacate_clock<L: Layer>(t: Ctx<L>) {
+    let g = t.group("g");
+    let delay = Duration::from_millis(300);
+    assert!(occupy(&t, &g).await);
+    assert!(!vacate(&t, &g, delay).await, "the clock starts");
+    tokio::time::sleep(delay / 2).await;
+    assert!(!occupy(&t, &g).await, "a reload: no new transition");
+    tokio::time::sleep(delay / 2 + Duration::from_millis(50)).await;
+    assert!(
+        !vacate(&t, &g, delay).await,
+        "the occupy stopped the clock: it starts again"
+    );
+    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    assert!(vacate(&t, &g, delay).await);
 }

@@ -248,6 +248,8 @@ pub enum V1Event {
     Goaway(u64, u64),
     /// The server closed with this code.
     Closed(u16),
+    /// `join` (`true`) or `leave` of (group, sub), on routes with `presence = true`.
+    Presence(bool, String, String),
 }
 
 /// A `herald.v1` client: sends `hello` with its positions, reads `welcome`, then
@@ -386,6 +388,19 @@ impl V1Client {
                 Ok(V1Event::Goaway(
                     window[0].as_u64().unwrap_or(0),
                     window[1].as_u64().unwrap_or(0),
+                ))
+            }
+            Some(t @ ("join" | "leave")) => {
+                let group = value["s"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{t} without s"))?;
+                let sub = value["sub"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{t} without sub"))?;
+                Ok(V1Event::Presence(
+                    t == "join",
+                    group.to_string(),
+                    sub.to_string(),
                 ))
             }
             other => bail!("unexpected frame type {other:?} in {header}"),

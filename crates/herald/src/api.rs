@@ -776,6 +776,39 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// `GET /api/presence/{group}`: the group's connections, distinct `sub`s and nodes across
+/// the cluster, as the layer holds them (each node's share at most `2 × presence.refresh`
+/// old). Authorized like a publish.
+pub(crate) async fn presence(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = authorize(&state, &headers)?;
+    if key.is_none() {
+        check_browser_origin(&state, &headers)?;
+    }
+    let group = GroupName::new(&name)
+        .map_err(|e| ApiError::bad("invalid_group", format!("group {name:?}: {e}")))?;
+    match state.layer.presence(&group).await {
+        Ok(presence) => Ok(Json(json!({
+            "group": group.as_str(),
+            "connections": presence.connections,
+            "subs": presence.subs,
+            "nodes": presence.nodes,
+        }))
+        .into_response()),
+        Err(e) => {
+            tracing::debug!(group = %group, error = %e, "presence unavailable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "layer_unavailable",
+                format!("the layer is unavailable ({e})"),
+            ))
+        }
+    }
+}
+
 /// Checks the bearer key when one is configured, in constant time, and counts the
 /// request under the key's name. Returns that name (`None`: open API).
 fn authorize<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<Option<&'s str>, ApiError> {

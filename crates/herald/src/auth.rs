@@ -98,10 +98,12 @@ impl Refusal {
 }
 
 /// A successful authorization: what the connection must remember.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// When the token stops being valid (its `exp` plus the leeway), in Unix seconds.
     pub valid_until: u64,
+    /// The token's `sub`: who the connection is, for presence.
+    pub sub: String,
 }
 
 impl Grant {
@@ -208,6 +210,7 @@ impl Authenticator {
         }
         Ok(Grant {
             valid_until: claims.exp.saturating_add(self.leeway),
+            sub: claims.sub,
         })
     }
 }
@@ -442,10 +445,15 @@ mod tests {
         // The deadline saturates whatever a grant holds.
         let far = Grant {
             valid_until: u64::MAX,
+            sub: "7".into(),
         }
         .deadline();
         assert!(far > tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600));
-        let past = Grant { valid_until: 0 }.deadline();
+        let past = Grant {
+            valid_until: 0,
+            sub: "7".into(),
+        }
+        .deadline();
         assert!(past <= tokio::time::Instant::now());
     }
 

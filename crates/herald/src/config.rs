@@ -71,6 +71,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The connect hook asked by routes with `auth = "hook"` (DESIGN.md §11).
     pub hook: HookConfig,
+    /// Presence per group across nodes (`GET /api/presence/{group}`, DESIGN.md §12).
+    pub presence: PresenceConfig,
+    /// `group.occupied` / `group.vacated` webhooks (DESIGN.md §12). Off unless a URL is set.
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[admin]`.
@@ -142,6 +146,8 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             hook: HookConfig::default(),
+            presence: PresenceConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -169,6 +175,10 @@ pub struct RouteConfig {
     /// Default: empty, any origin.
     #[serde(default)]
     pub origins: Vec<String>,
+    /// `herald.v1` connections on this route are sent `join`/`leave` events of the other
+    /// `sub`s in their groups (DESIGN.md §12). Default `false`.
+    #[serde(default)]
+    pub presence: bool,
 }
 
 impl RouteConfig {
@@ -181,6 +191,7 @@ impl RouteConfig {
             hook_groups: Vec::new(),
             sub_param: None,
             origins: Vec::new(),
+            presence: false,
         }
     }
 }
@@ -382,6 +393,76 @@ impl Default for PublishConfig {
         Self {
             idempotency_window: Duration::from_secs(300),
         }
+    }
+}
+
+/// `[presence]`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// How often the node rewrites its presence entries in the layer. Each entry counts for
+    /// twice this long, so the entries of a node that died vanish within `2 × refresh`.
+    /// Default `5s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub refresh: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PresenceConfig {
+    /// How long one written entry counts: `2 × refresh`, the stated staleness bound.
+    pub fn ttl(&self) -> Duration {
+        self.refresh.saturating_mul(2)
+    }
+}
+
+/// `[webhooks]`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed (`http://host:port/path`). Default: none (no webhooks).
+    pub url: Option<String>,
+    /// Signs each request (`X-Herald-Signature`); required with `url`, at least 16 bytes.
+    pub secret: Option<String>,
+    /// How long a group must stay empty, cluster-wide, before `group.vacated` (a page
+    /// reload is no vacancy). Default `5s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub vacated_delay: Duration,
+    /// One request, connect to answer. Default `5s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub timeout: Duration,
+    /// Requests per event before it is given up (counted and logged). Default 10.
+    pub max_attempts: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            vacated_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            max_attempts: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhooksConfig {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhooksConfig")
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("vacated_delay", &self.vacated_delay)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
     }
 }
 
@@ -669,6 +750,8 @@ const SECTIONS: &[&str] = &[
     "log",
     "admin",
     "hook",
+    "presence",
+    "webhooks",
 ];
 
 impl Config {
@@ -748,6 +831,8 @@ impl Config {
                 "publish.idempotency_window",
                 self.publish.idempotency_window,
             ),
+            ("presence.refresh", self.presence.refresh),
+            ("webhooks.timeout", self.webhooks.timeout),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {
@@ -770,6 +855,24 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        if let Some(url) = &self.webhooks.url {
+            crate::hook::Endpoint::parse(url).map_err(|e| ConfigError::new("webhooks.url", e))?;
+            match &self.webhooks.secret {
+                Some(secret) if secret.len() >= 16 => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        "webhooks.secret",
+                        "required with webhooks.url, at least 16 bytes",
+                    ));
+                }
+            }
+        }
+        if self.webhooks.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "webhooks.max_attempts",
+                "must be greater than 0",
+            ));
         }
         if self.layer.prefix.is_empty() {
             return Err(ConfigError::new("layer.prefix", "must not be empty"));

@@ -25,6 +25,7 @@ use crate::close;
 use crate::hub::ConnId;
 use crate::metrics::Metrics;
 use crate::outbox::{Mode, Outbox, OutboxReceiver, epoch_tag};
+use crate::presence::Watch;
 use crate::protocol::encode_v1;
 use crate::protocol::{self, ClientFrame, WelcomeStream};
 use crate::server::AppState;
@@ -60,6 +61,11 @@ pub struct Connection {
     /// A connection admitted by the connect hook: what its refreshes ask. Boxed so
     /// connections without it pay one pointer.
     pub(crate) hook: Option<Box<HookSession>>,
+    /// Who the connection is (the token's or the hook answer's `sub`), counted in the
+    /// presence of its groups; `None` for anonymous connections.
+    pub(crate) sub: Option<Arc<str>>,
+    /// A `herald.v1` connection on a route with `presence = true`: sent `join`/`leave`.
+    pub(crate) watches: bool,
     /// The plain TCP socket under the WebSocket, for the hub's direct writes (plain mode
     /// without TLS only: `herald.v1` frames pass the task's replay filter).
     pub(crate) direct: Option<Arc<TcpStream>>,
@@ -153,6 +159,8 @@ impl Connection {
             expires: None,
             pending_auth: None,
             hook: None,
+            sub: None,
+            watches: false,
             direct: None,
         }
     }
@@ -166,6 +174,15 @@ impl Connection {
                 .join(group, self.id, slot as u8, &self.outbox);
         }
         self.joined = true;
+        let watch = if self.watches {
+            Watch::Add(self.id, self.outbox.clone())
+        } else {
+            Watch::No
+        };
+        self.state
+            .presence
+            .joined(&self.groups, self.sub.as_ref(), watch)
+            .await;
         for group in &self.groups {
             self.state.subscriptions.sync(group).await;
         }
@@ -180,6 +197,15 @@ impl Connection {
         for group in &self.groups {
             self.state.hub.leave(group, self.id);
         }
+        let watch = if self.watches {
+            Watch::Remove(self.id)
+        } else {
+            Watch::No
+        };
+        self.state
+            .presence
+            .left(&self.groups, self.sub.as_ref(), watch)
+            .await;
         for group in &self.groups {
             self.state.subscriptions.sync_later(group).await;
         }
@@ -338,6 +364,7 @@ impl Connection {
         match result {
             Ok(grant) => {
                 self.expires = Some(grant.deadline());
+                self.sub = Some(Arc::from(grant.sub));
                 Ok(())
             }
             Err(refusal) => {
@@ -444,7 +471,7 @@ impl Connection {
                     while let Some(frame) = next {
                         taken += 1;
                         taken_bytes += frame.frame.len();
-                        if mode == Mode::V1 {
+                        if mode == Mode::V1 && frame.slot != crate::outbox::CONTROL_SLOT {
                             let slot = frame.slot as usize;
                             if self.epochs.get(slot) != Some(&frame.epoch) {
                                 // The group's history was lost (e.g. Redis flushed): offsets

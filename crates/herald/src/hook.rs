@@ -43,13 +43,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Where the hook listens: a parsed `http://host[:port]/path`.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    uri: Uri,
+    pub(crate) uri: Uri,
     /// `host:port`, for the TCP connect.
-    address: String,
+    pub(crate) address: String,
     /// `host[:port]` as written, for the `Host` header.
-    authority: String,
+    pub(crate) authority: String,
     /// `/path?query`: the request target (origin form, as servers expect from clients).
-    target: Uri,
+    pub(crate) target: Uri,
 }
 
 impl Endpoint {

@@ -64,6 +64,7 @@ pub mod hub;
 pub mod metrics;
 pub mod node_layer;
 pub mod outbox;
+mod presence;
 pub mod protocol;
 mod pump;
 pub mod route;
@@ -72,6 +73,7 @@ mod socket;
 mod sse;
 pub mod subscriptions;
 pub mod tls;
+pub mod webhooks;
 mod ws;
 
 pub use config::Config;

@@ -261,6 +261,11 @@ pub struct Metrics {
     pub publish_duplicates: AtomicU64,
     /// The connect hook's requests, cache and refreshes.
     pub hook: crate::hook::HookStats,
+    /// Presence entries the layer did not take (rewritten at the next refresh), and
+    /// presence reads for `join`/`leave` events that failed (read again next tick).
+    pub presence_failures: AtomicU64,
+    /// Webhook deliveries, failed attempts and give-ups.
+    pub webhooks: crate::webhooks::WebhookStats,
 }
 
 /// A [`Histogram`] over [`LATENCY_BUCKETS`].
@@ -420,6 +425,26 @@ impl Metrics {
                 "herald_publish_origin_refused_total",
                 "Browser publishes refused on an API without a key (403).",
                 &self.publish_origin_refused,
+            ),
+            (
+                "herald_webhooks_delivered_total",
+                "Webhook events the receiver answered with 2xx.",
+                &self.webhooks.delivered,
+            ),
+            (
+                "herald_webhooks_failed_attempts_total",
+                "Webhook requests that failed (retried until webhooks.max_attempts).",
+                &self.webhooks.failed_attempts,
+            ),
+            (
+                "herald_webhooks_given_up_total",
+                "Webhook events given up: webhooks.max_attempts failed, the queue was full, or shutdown.",
+                &self.webhooks.given_up,
+            ),
+            (
+                "herald_presence_failures_total",
+                "Presence writes (retried at the next presence.refresh) and reads for join/leave events (retried next tick) the layer failed.",
+                &self.presence_failures,
             ),
         ];
         let mut families: Vec<Family> = gauges

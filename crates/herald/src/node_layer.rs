@@ -5,8 +5,8 @@
 
 use herald_core::memory::MemoryLayerConfig;
 use herald_core::{
-    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError, MemoryLayer,
-    Payload, Position, Published,
+    GroupName, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError, LocalPresence,
+    MemoryLayer, Payload, Position, Presence, Published,
 };
 use herald_redis::{RedisLayer, RedisLayerConfig};
 
@@ -115,6 +115,50 @@ impl Layer for NodeLayer {
         match self {
             Self::Memory(l) => l.history(group, since).await,
             Self::Redis(l) => l.history(group, since).await,
+        }
+    }
+
+    async fn presence_update(
+        &self,
+        group: &GroupName,
+        local: &LocalPresence,
+        ttl: std::time::Duration,
+    ) -> Result<(), LayerError> {
+        match self {
+            Self::Memory(l) => l.presence_update(group, local, ttl).await,
+            Self::Redis(l) => l.presence_update(group, local, ttl).await,
+        }
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        match self {
+            Self::Memory(l) => l.presence(group).await,
+            Self::Redis(l) => l.presence(group).await,
+        }
+    }
+
+    async fn occupy(&self, group: &GroupName) -> Result<bool, LayerError> {
+        match self {
+            Self::Memory(l) => l.occupy(group).await,
+            Self::Redis(l) => l.occupy(group).await,
+        }
+    }
+
+    async fn vacate(
+        &self,
+        group: &GroupName,
+        delay: std::time::Duration,
+    ) -> Result<bool, LayerError> {
+        match self {
+            Self::Memory(l) => l.vacate(group, delay).await,
+            Self::Redis(l) => l.vacate(group, delay).await,
+        }
+    }
+
+    async fn occupied(&self, limit: usize) -> Result<Vec<GroupName>, LayerError> {
+        match self {
+            Self::Memory(l) => l.occupied(limit).await,
+            Self::Redis(l) => l.occupied(limit).await,
         }
     }
 

@@ -38,6 +38,11 @@ pub struct OutFrame {
     pub epoch: u32,
 }
 
+/// The [`OutFrame::slot`] of a frame that is no message (a `join`/`leave` event): the
+/// connection passes it on without the offset and epoch checks. Never a group's slot: a
+/// connection has at most 255 groups, numbered 0 to 254.
+pub const CONTROL_SLOT: u8 = u8::MAX;
+
 /// A 32-bit FNV-1a hash of an epoch string.
 pub fn epoch_tag(epoch: &str) -> u32 {
     epoch.bytes().fold(0x811c_9dc5_u32, |h, b| {

@@ -135,6 +135,13 @@ pub fn ping() -> Bytes {
     encode_frame(OpCode::Text, br#"{"t":"ping"}"#)
 }
 
+/// Encodes a `join` (`joined = true`) or `leave` event: `sub` appeared in or left `group`.
+pub fn presence_event(joined: bool, group: &GroupName, sub: &str) -> Bytes {
+    let t = if joined { "join" } else { "leave" };
+    let body = serde_json::json!({"t": t, "s": group.as_str(), "sub": sub});
+    encode_frame(OpCode::Text, body.to_string().as_bytes())
+}
+
 /// Encodes a `goaway` asking the client to reconnect within `[0, window_ms]`.
 pub fn goaway(window_ms: u64) -> Bytes {
     encode_frame(

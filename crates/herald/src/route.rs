@@ -75,6 +75,8 @@ pub struct Route {
     origins: Vec<String>,
     /// Patterns of the extra groups a connect hook may grant (`auth = "hook"`).
     hook_groups: Vec<String>,
+    /// `herald.v1` connections get `join`/`leave` events.
+    pub presence: bool,
 }
 
 /// A request path matched against a route.
@@ -146,6 +148,7 @@ impl Route {
         }
         Ok(Self {
             hook_groups: config.hook_groups.clone(),
+            presence: config.presence,
             pattern: path.to_string(),
             segments,
             params,
@@ -323,6 +326,7 @@ mod tests {
             auth: AuthMode::None,
             sub_param: None,
             hook_groups: Vec::new(),
+            presence: false,
             origins: Vec::new(),
         })
     }

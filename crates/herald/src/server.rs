@@ -106,6 +106,8 @@ pub(crate) struct AppState {
     pub(crate) last_event_id_log: BurstLog,
     /// The connect hook, when `[hook] url` is set.
     pub(crate) hook: Option<crate::hook::Hook>,
+    /// This node's presence entries, kept by their one task.
+    pub(crate) presence: crate::presence::PresenceBook,
 }
 
 impl AppState {
@@ -197,6 +199,22 @@ pub async fn serve(
         &background,
         stop_background.clone(),
     );
+    let webhooks = crate::webhooks::Webhooks::spawn(
+        &config.webhooks,
+        node_name(),
+        metrics.clone(),
+        &background,
+        stop_background.clone(),
+    )
+    .map_err(|e| crate::config::ConfigError::new("webhooks.url", e))?;
+    let presence = crate::presence::PresenceBook::spawn(
+        layer.clone(),
+        config.presence.refresh,
+        metrics.clone(),
+        webhooks,
+        &background,
+        stop_background.clone(),
+    );
     background.spawn(crate::pump::run(
         incoming,
         hub.clone(),
@@ -252,6 +270,7 @@ pub async fn serve(
         last_event_id_log: BurstLog::default(),
         admin,
         hook,
+        presence,
     });
     if state.admin.is_some() {
         background.spawn(crate::admin::report_loop(
@@ -395,6 +414,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/publish", post(crate::admin::publish))
         .route(crate::admin::STREAM_PATH, get(crate::admin::stream))
         .route("/api/publish", post(api::publish))
+        .route("/api/presence/{group}", get(api::presence))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

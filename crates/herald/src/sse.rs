@@ -161,6 +161,7 @@ pub(crate) async fn open(
     let mut connection = Connection::new(state.clone(), admitted.groups, Mode::Sse);
     connection.expires = admitted.expires;
     connection.hook = admitted.hook;
+    connection.sub = admitted.sub;
     tracing::debug!(conn_id = connection.id, client = ?client, route = matched.route.pattern(), "sse stream accepted");
     connection.join().await;
     let since = match last_event_id.as_deref().map(parse_id) {

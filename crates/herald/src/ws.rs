@@ -135,6 +135,8 @@ pub(crate) async fn gateway(State(state): State<Arc<AppState>>, mut req: Request
             tracing::debug!(conn_id = connection.id, client = ?client, route = matched.route.pattern(), ?mode, "websocket accepted");
             connection.expires = admitted.expires;
             connection.hook = admitted.hook;
+            connection.sub = admitted.sub;
+            connection.watches = matched.route.presence && mode == Mode::V1;
             if mode == Mode::Plain {
                 connection.direct = req.extensions().get::<DirectSocket>().map(|s| s.0.clone());
                 // Join before answering 101: once the client sees the upgrade, every
@@ -221,6 +223,8 @@ pub(crate) struct Admitted {
     pub(crate) expires: Option<Instant>,
     /// Its connect hook session, on `auth = "hook"` routes.
     pub(crate) hook: Option<Box<HookSession>>,
+    /// The user it speaks for (the token's `sub` or the hook answer's), for presence.
+    pub(crate) sub: Option<Arc<str>>,
 }
 
 /// [`admit`]'s answer.
@@ -309,7 +313,7 @@ pub(crate) async fn admit(
                 (AuthMode::Token, Some(token)) => state
                     .auth
                     .authorize(token, matched.route, &matched.values, &groups)
-                    .map(|grant| Some(grant.deadline())),
+                    .map(|grant| Some((grant.deadline(), grant.sub))),
                 _ => Ok(None),
             };
             match checked {
@@ -318,9 +322,14 @@ pub(crate) async fn admit(
                     tracing::debug!(client = ?client, route = matched.route.pattern(), code = refusal.close_code(), %refusal, ?transport, "connection refused");
                     Verdict::Refuse(refusal.close_code(), refusal.reason())
                 }
-                Ok(expires) => Verdict::Admit(Admitted {
+                Ok(granted) => Verdict::Admit(Admitted {
                     groups,
-                    expires,
+                    expires: granted.as_ref().map(|(expires, _)| *expires),
+                    sub: match (&granted, &admission) {
+                        (Some((_, sub)), _) => Some(Arc::from(sub.as_str())),
+                        (None, Some(admitted)) => admitted.sub.as_deref().map(Arc::from),
+                        (None, None) => None,
+                    },
                     hook: admission.map(|admitted| {
                         tracing::debug!(sub = ?admitted.sub, ?transport, "admitted by the connect hook");
                         Box::new(HookSession {

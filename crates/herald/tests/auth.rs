@@ -372,6 +372,7 @@ async fn wss_end_to_end_with_a_self_signed_certificate() {
         auth: AuthMode::None,
         sub_param: None,
         hook_groups: Vec::new(),
+        presence: false,
         origins: Vec::new(),
     });
     let server = start_tls(config).await;

@@ -88,7 +88,7 @@ async fn twenty_clients_cut_at_random_end_with_every_offset_once_in_order() {
                                 continue 'connect;
                             }
                         }
-                        Ok(Some(V1Event::Ping | V1Event::Goaway(..))) => {}
+                        Ok(Some(V1Event::Ping | V1Event::Goaway(..) | V1Event::Presence(..))) => {}
                         Ok(Some(V1Event::Closed(_))) | Err(_) => {
                             server_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             positions = client.disconnect();

@@ -22,6 +22,7 @@ fn route(path: &str, groups: Vec<String>) -> Option<Route> {
         auth: AuthMode::Token,
         sub_param: None,
         hook_groups: Vec::new(),
+        presence: false,
         origins: Vec::new(),
     })
     .ok()

@@ -201,9 +201,22 @@ async fn join_leave_churn_leaves_no_stale_subscription_or_key() {
         BTreeSet::from([expected_channel.clone(), "1".to_string()]),
         "one subscriber"
     );
-    // Connections that only joined and left created no keys.
-    let keys = redis.cmd_strings(&["KEYS", &format!("{prefix}:*")]).await;
-    assert!(keys.is_empty(), "leaked keys: {keys:?}");
+    // Connections that only joined and left leave no keys: only the keeper's group has
+    // its presence entry.
+    let presence_only = BTreeSet::from([format!("{prefix}:{{user.0}}:presence")]);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys: BTreeSet<String> = redis
+            .cmd_strings(&["KEYS", &format!("{prefix}:*")])
+            .await
+            .into_iter()
+            .collect();
+        if keys == presence_only {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "leaked keys: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     a.publish(r#"{"group":"user.0","text":"kept"}"#).await;
     assert_eq!(keeper.recv_text().await.unwrap(), "kept");
     let keys: BTreeSet<String> = redis
@@ -215,7 +228,8 @@ async fn join_leave_churn_leaves_no_stale_subscription_or_key() {
         keys,
         BTreeSet::from([
             format!("{prefix}:{{user.0}}:meta"),
-            format!("{prefix}:{{user.0}}:stream")
+            format!("{prefix}:{{user.0}}:stream"),
+            format!("{prefix}:{{user.0}}:presence"),
         ])
     );
     a.stop().await;

@@ -336,6 +336,32 @@ impl Layer for CountingLayer {
         })
     }
 
+    /// The bridge has no use for presence: nothing is kept.
+    async fn presence_update(
+        &self,
+        _: &GroupName,
+        _: &herald_core::LocalPresence,
+        _: Duration,
+    ) -> Result<(), LayerError> {
+        Ok(())
+    }
+
+    async fn presence(&self, _: &GroupName) -> Result<herald_core::Presence, LayerError> {
+        Ok(herald_core::Presence::default())
+    }
+
+    async fn occupy(&self, _: &GroupName) -> Result<bool, LayerError> {
+        Ok(false)
+    }
+
+    async fn vacate(&self, _: &GroupName, _: Duration) -> Result<bool, LayerError> {
+        Ok(false)
+    }
+
+    async fn occupied(&self, _: usize) -> Result<Vec<GroupName>, LayerError> {
+        Ok(Vec::new())
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
