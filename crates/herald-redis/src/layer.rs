@@ -186,6 +186,13 @@ impl RedisLayer {
         }
     }
 
+    /// Whether this node wants `group` delivered: recorded by the last `subscribe` or
+    /// `unsubscribe` call at once, whether or not Redis confirmed it yet (the supervisor
+    /// and the subscriber connection bring Redis in line). This is the one record of it.
+    pub fn is_subscribed(&self, group: &GroupName) -> bool {
+        self.inner.shared.is_wanted(group)
+    }
+
     /// The groups this node currently wants delivered (applied to Redis as soon as it is
     /// reachable), sorted.
     pub fn subscribed_groups(&self) -> Vec<GroupName> {
@@ -303,7 +310,9 @@ impl Layer for RedisLayer {
     }
 
     /// Records the group as unwanted (nothing more is delivered for it from now on) and,
-    /// when connected, waits until Redis confirmed it.
+    /// when connected, waits until Redis confirmed it. If no confirmation comes within
+    /// `command_timeout` it fails with `Unavailable`; the group stays unwanted and the
+    /// `UNSUBSCRIBE` takes effect when Redis catches up.
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).remove(group);

@@ -15,6 +15,13 @@
 //! - **Delivery**: one dedicated subscriber connection (RESP2 pub/sub) per layer, which
 //!   `SUBSCRIBE`s to the channel of each group this node wants. Frames are read only when
 //!   `Incoming` has room, so a slow reader leaves the backlog in Redis, not in herald.
+//! - **Wanted groups**: the layer's `wanted` set is the one record of which groups this
+//!   node wants (`RedisLayer::is_subscribed`); the server's subscriptions task keeps no
+//!   copy and compares its hub with it. `subscribe`/`unsubscribe` change the set first and
+//!   then wait for Redis' confirmation; if none comes within `command_timeout` they fail
+//!   with `Unavailable` but the change stays recorded, and the command already written
+//!   (or the re-subscription after a reconnect) brings Redis in line when it catches up.
+//!   Messages are delivered only for groups in the set.
 //! - **Commands** (publish, history) share one multiplexed connection.
 //! - **Failures**: while Redis is unreachable, `is_ready()` is `false`, publish and
 //!   history fail at once with `LayerError::Unavailable` (or after `command_timeout` if

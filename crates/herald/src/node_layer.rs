@@ -127,6 +127,16 @@ impl Layer for NodeLayer {
 }
 
 impl NodeLayer {
+    /// Whether this node wants `group`'s messages: the layer's own record of the last
+    /// `subscribe`/`unsubscribe`, whether or not the backend confirmed it yet. The
+    /// subscriptions task keeps no copy of it, so the two can never disagree.
+    pub fn is_subscribed(&self, group: &GroupName) -> bool {
+        match self {
+            Self::Memory(l) => l.is_subscribed(group),
+            Self::Redis(l) => l.is_subscribed(group),
+        }
+    }
+
     /// Counters of the backend, for `/metrics`: (name, help, value).
     pub fn stats(&self) -> Vec<(&'static str, &'static str, u64)> {
         match self {

@@ -2,11 +2,11 @@
 //! in order.
 //!
 //! Callers send "check group G" after changing the hub; the task compares what the hub
-//! holds now with what the layer is subscribed to and fixes the difference. Because it
+//! holds now with what the layer records as wanted (`NodeLayer::is_subscribed`, the one
+//! record: this task keeps no copy) and fixes the difference. Because it
 //! reconciles with the hub's current state instead of replaying each edge, a fast
 //! join/leave/join cannot leave a stale subscription, whatever order the checks arrive in.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use herald_core::{GroupName, Layer};
@@ -14,6 +14,7 @@ use herald_django::DjangoBridge;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::burst_log::BurstLog;
 use crate::hub::Hub;
 use crate::node_layer::NodeLayer;
 
@@ -81,7 +82,7 @@ async fn run(
     django: Option<DjangoBridge>,
     cancel: CancellationToken,
 ) {
-    let mut subscribed: HashSet<GroupName> = HashSet::new();
+    let unconfirmed = BurstLog::default();
     loop {
         let check = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -90,37 +91,56 @@ async fn run(
                 None => break,
             },
         };
-        let wanted = hub.has_members(&check.group);
-        let have = subscribed.contains(&check.group);
-        if wanted && !have {
-            match layer.subscribe(&check.group).await {
-                Ok(()) => {
-                    subscribed.insert(check.group.clone());
-                    // The Django bridge follows the same edges: this node now has members.
-                    if let Some(bridge) = &django {
-                        if let Err(e) = bridge.group_active(&check.group).await {
-                            tracing::warn!(group = %check.group, error = %e, "django membership failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(group = %check.group, error = %e, "subscribe failed"),
-            }
-        } else if !wanted && have {
-            match layer.unsubscribe(&check.group).await {
-                Ok(()) => {
-                    subscribed.remove(&check.group);
-                    if let Some(bridge) = &django {
-                        if let Err(e) = bridge.group_inactive(&check.group).await {
-                            tracing::warn!(group = %check.group, error = %e, "django membership release failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(group = %check.group, error = %e, "unsubscribe failed"),
-            }
-        }
+        reconcile(&hub, &layer, django.as_ref(), &unconfirmed, &check.group).await;
         if let Some(done) = check.done {
             // The waiter may have gone away (its connection closed); that is fine.
             let _ = done.send(());
         }
+    }
+}
+
+/// Brings the layer's wanted state for `group` in line with the hub.
+///
+/// The layer is the only record of which groups are wanted: this task reads it and keeps
+/// no copy. A `subscribe`/`unsubscribe` that fails after recording its intent (Redis did
+/// not confirm in time) leaves the record changed, and the layer applies it to Redis when
+/// Redis catches up; the next check compares the hub with that record, not with what this
+/// task believed.
+async fn reconcile(
+    hub: &Hub,
+    layer: &NodeLayer,
+    django: Option<&DjangoBridge>,
+    unconfirmed: &BurstLog,
+    group: &GroupName,
+) {
+    let wanted = hub.has_members(group);
+    if wanted == layer.is_subscribed(group) {
+        return;
+    }
+    let result = if wanted {
+        layer.subscribe(group).await
+    } else {
+        layer.unsubscribe(group).await
+    };
+    if let Err(e) = &result {
+        if layer.is_subscribed(group) == wanted {
+            // Redis hangs: every change in the burst times out alike; one line for them.
+            if let Some(count) = unconfirmed.hit() {
+                tracing::warn!(%group, wanted, count, error = %e, "subscription changes not confirmed yet; applied when the layer catches up");
+            }
+        } else {
+            // The layer did not record the change (it is closing): nothing changed.
+            tracing::warn!(%group, wanted, error = %e, "subscription change failed");
+            return;
+        }
+    }
+    // The Django bridge follows the same edges of the layer's record.
+    let Some(bridge) = django else { return };
+    if wanted {
+        if let Err(e) = bridge.group_active(group).await {
+            tracing::warn!(%group, error = %e, "django membership failed");
+        }
+    } else if let Err(e) = bridge.group_inactive(group).await {
+        tracing::warn!(%group, error = %e, "django membership release failed");
     }
 }

@@ -221,3 +221,127 @@ async fn join_leave_churn_leaves_no_stale_subscription_or_key() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `herald_groups` (groups with members on this node) from `/metrics`.
+async fn groups_on(addr: std::net::SocketAddr) -> u64 {
+    let (status, text) = support::http(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix("herald_groups "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no herald_groups in /metrics:\n{text}"))
+}
+
+/// Waits (≤ 10 s) until the node has `want` groups with members.
+async fn wait_groups(addr: std::net::SocketAddr, want: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let groups = groups_on(addr).await;
+        if groups == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "herald_groups stayed {groups}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (≤ 10 s) until the channels of `prefix` subscribed in Redis are exactly `want`.
+async fn wait_channels(redis: &RedisProcess, prefix: &str, want: &[String]) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let channels = redis
+            .cmd_strings(&["PUBSUB", "CHANNELS", &format!("{prefix}:*")])
+            .await;
+        if channels == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "subscribed channels stayed {channels:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn unsubscribe_redis_does_not_confirm_then_a_later_joiner_gets_every_message() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let a = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+    let channel = format!("{prefix}:{{user.5}}:ch");
+    let first = a.connect_user("5").await;
+    wait_channels(&redis, &prefix, std::slice::from_ref(&channel)).await;
+
+    // Redis hangs while the last member leaves: the UNSUBSCRIBE is written but not
+    // confirmed within the command timeout.
+    redis.pause();
+    first.close().await.unwrap();
+    wait_groups(a.addr, 0).await;
+    // A new member joins; the plain route answers 101 only once the subscriptions task
+    // handled its check, which comes after the unconfirmed unsubscribe.
+    let mut second = a.connect_user("5").await;
+    redis.resume();
+
+    // The group is wanted again, so Redis ends up subscribed to it ...
+    wait_channels(&redis, &prefix, std::slice::from_ref(&channel)).await;
+    // ... and the new member gets every message published from now on.
+    for i in 0..20 {
+        let (status, body) = a
+            .publish(&format!(r#"{{"group":"user.5","text":"{i}"}}"#))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 0..20 {
+        assert_eq!(second.recv_text().await.unwrap(), i.to_string());
+    }
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn subscribe_redis_does_not_confirm_then_the_group_nobody_wants_is_unsubscribed() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let a = TestServer::with_config(redis_config(&redis.url(), &prefix)).await;
+
+    // Redis hangs while the first member joins: the SUBSCRIBE is written but not
+    // confirmed within the command timeout (the join completes anyway).
+    redis.pause();
+    let first = a.connect_user("6").await;
+    first.close().await.unwrap();
+    wait_groups(a.addr, 0).await;
+    redis.resume();
+
+    // A member of another group, joined after: its SUBSCRIBE follows every earlier command
+    // on the subscriber connection, so once it is delivered to, Redis has seen them all.
+    let mut probe = a.connect_user("7").await;
+    let (status, body) = a.publish(r#"{"group":"user.7","text":"probe"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(probe.recv_text().await.unwrap(), "probe");
+    // Nobody on this node wants user.6 any more: only user.7 stays subscribed.
+    wait_channels(&redis, &prefix, &[format!("{prefix}:{{user.7}}:ch")]).await;
+    let numsub = redis
+        .cmd_strings(&["PUBSUB", "NUMSUB", &format!("{prefix}:{{user.6}}:ch")])
+        .await;
+    assert_eq!(
+        numsub,
+        vec!["0".to_string(), format!("{prefix}:{{user.6}}:ch")]
+    );
+
+    // And a later joiner of user.6 gets every message.
+    let mut later = a.connect_user("6").await;
+    for i in 0..20 {
+        let (status, body) = a
+            .publish(&format!(r#"{{"group":"user.6","text":"{i}"}}"#))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 0..20 {
+        assert_eq!(later.recv_text().await.unwrap(), i.to_string());
+    }
+    probe.close().await.unwrap();
+    later.close().await.unwrap();
+    a.stop().await;
+}
