@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
+use crate::probe::Probe;
 use crate::scripts::{self, Limits, ScriptError};
 use crate::subscriber::{self, SubscriberWriter};
 use crate::{RedisLayerConfig, RedisLayerError, supervisor};
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     /// Wakes the read loop when `lost_session` was set.
     pub(crate) command_lost: Notify,
     pub(crate) stats: Counters,
+    /// The readiness probe of the pub/sub path.
+    pub(crate) probe: Probe,
 }
 
 /// Counters of a [`RedisLayer`], for metrics. All are totals since the layer was built.
@@ -89,6 +92,11 @@ pub struct RedisStats {
     pub decode_errors: u64,
     /// Publish and history calls answered with `LayerError::Unavailable`.
     pub unavailable: u64,
+    /// Readiness probes (see `RedisLayerConfig::probe_interval`) that went unanswered for
+    /// a whole interval.
+    pub probe_failures: u64,
+    /// The last probe's round trip through Redis pub/sub (zero before the first).
+    pub probe_round_trip: Duration,
 }
 
 /// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
@@ -100,7 +108,7 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -133,8 +141,13 @@ impl RedisLayer {
             RedisLayerError::InvalidConfig("RedisLayer::new must be called inside a Tokio runtime")
         })?;
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
+        let keys = Keys::new(&config.prefix);
+        // Random per layer: nodes sharing a prefix never answer each other's probes.
+        let node = format!("{:016x}", fastrand::u64(..));
+        let probe = Probe::new(keys.probe_channel(&node), config.probe_interval);
         let shared = Arc::new(Shared {
-            keys: Keys::new(&config.prefix),
+            keys,
+            probe,
             limits: Limits::new(
                 config.history.max_age,
                 config.history.max_len,
@@ -183,6 +196,8 @@ impl RedisLayer {
             received: c.received.get(),
             decode_errors: c.decode_errors.get(),
             unavailable: c.unavailable.get(),
+            probe_failures: self.inner.shared.probe.failures.get(),
+            probe_round_trip: self.inner.shared.probe.round_trip(),
         }
     }
 
@@ -336,7 +351,10 @@ impl Layer for RedisLayer {
     }
 
     fn is_ready(&self) -> bool {
-        !self.inner.cancel.is_cancelled() && self.inner.shared.ready.load(Ordering::Acquire)
+        // Connected and subscribed, and the pub/sub path answered its last probe in time.
+        !self.inner.cancel.is_cancelled()
+            && self.inner.shared.ready.load(Ordering::Acquire)
+            && self.inner.shared.probe.is_healthy()
     }
 }
 
@@ -382,6 +400,7 @@ impl Shared {
     /// only, until the next session.
     pub(crate) async fn go_down(&self) {
         self.ready.store(false, Ordering::Release);
+        self.probe.reset();
         lock(&self.command).take();
         // Dropping the writer drops the queued answers, which releases their waiters.
         self.subscriber.lock().await.take();

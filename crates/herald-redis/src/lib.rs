@@ -23,6 +23,12 @@
 //!   (or the re-subscription after a reconnect) brings Redis in line when it catches up.
 //!   Messages are delivered only for groups in the set.
 //! - **Commands** (publish, history) share one multiplexed connection.
+//! - **Readiness** proves the pub/sub path (`probe.rs`): every `probe_interval` the
+//!   layer publishes a sequence number on its private probe channel through the command
+//!   connection and expects it back on the subscriber connection. While one stays
+//!   unanswered for a whole interval, `is_ready()` is `false` (so a frozen Redis or
+//!   subscriber is reported within two intervals); failures are counted and logged once
+//!   per stall.
 //! - **Failures**: while Redis is unreachable, `is_ready()` is `false`, publish and
 //!   history fail at once with `LayerError::Unavailable` (or after `command_timeout` if
 //!   Redis hangs), and `subscribe`/`unsubscribe` only record the wanted set. A supervisor
@@ -44,6 +50,7 @@
 //! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry) | `history.max_age`, refreshed by each publish; set when `history` creates the epoch |
 //! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | `history.max_age`, refreshed by each publish |
 //! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
+//! | `{prefix}:probe:{node}` | pub/sub channel | readiness probes: a decimal sequence number; `{node}` is 16 random hex digits per layer | none |
 //!
 //! With the defaults, group `user.42` uses `herald:{user.42}:meta`,
 //! `herald:{user.42}:stream` and `herald:{user.42}:ch`. Nothing else is stored: which
@@ -70,6 +77,7 @@
 //!
 //! - `layer.rs`: [`RedisLayer`], its `Layer` impl and the state shared with the task.
 //! - `supervisor.rs`: the task that connects, reconnects and re-subscribes.
+//! - `probe.rs`: the readiness probe of the pub/sub path.
 //! - `subscriber.rs`: the subscriber connection: handshake, commands, read loop.
 //! - `scripts.rs`: the publish and history Lua scripts and their replies.
 //! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
@@ -80,6 +88,7 @@ mod envelope;
 mod error;
 mod keys;
 mod layer;
+mod probe;
 pub mod resp;
 mod scripts;
 mod subscriber;

@@ -91,18 +91,21 @@ impl SubscriberWriter {
         }
     }
 
-    /// Subscribes a fresh connection to every group in `groups`, followed by a `PING`
-    /// whose answer marks the layer ready.
+    /// Subscribes a fresh connection to the probe channel and every group in `groups`,
+    /// followed by a `PING` whose answer marks the layer ready.
     pub(crate) async fn resubscribe(
         &mut self,
         keys: &crate::keys::Keys,
+        probe_channel: &str,
         groups: HashSet<GroupName>,
     ) -> Result<(), String> {
         // One SUBSCRIBE per channel, pipelined in one write: each command then has exactly
         // one answer (its confirmation or its error), which keeps the reply queue aligned
         // even if Redis refuses some channel (e.g. an ACL rule).
         let mut bytes = Vec::new();
-        let mut replies = Vec::with_capacity(groups.len() + 1);
+        let mut replies = Vec::with_capacity(groups.len() + 2);
+        bytes.extend(resp::command([&b"SUBSCRIBE"[..], probe_channel.as_bytes()]));
+        replies.push(Reply::Ignore);
         for group in &groups {
             let channel = keys.channel(group);
             bytes.extend(resp::command([&b"SUBSCRIBE"[..], channel.as_bytes()]));
@@ -393,6 +396,10 @@ async fn deliver(
     data: Bytes,
     cancel: &CancellationToken,
 ) -> Option<End> {
+    if channel == shared.probe.channel().as_bytes() {
+        shared.probe.answered(&shared.config.prefix, &data);
+        return None;
+    }
     // Only groups still wanted are delivered: between an unsubscribe and Redis' confirmation
     // messages may still arrive, and nobody on this node wants them any more.
     let group = shared.wanted_group_of_channel(channel)?;

@@ -133,7 +133,8 @@ async fn churn_leaves_exactly_the_wanted_subscriptions() {
     let (layer, mut rx) = layer(&redis, &prefix);
     ready(&layer).await;
     let groups: Vec<GroupName> = (0..8).map(|i| group(&format!("churn{i}"))).collect();
-    let channels = format!("{prefix}:*");
+    // Group channels and keys only (the layer's probe channel has no `{group}`).
+    let channels = format!("{prefix}:{{*");
 
     // Phase 1: random, concurrent subscribe/unsubscribe on the same groups. The end state
     // is whatever the last call per group was; Redis must agree with the layer about it.

@@ -43,6 +43,7 @@ impl NodeLayer {
                 let url = config.layer.url.clone().unwrap_or_default();
                 let redis = RedisLayerConfig::new(url)
                     .with_prefix(config.layer.prefix.clone())
+                    .with_probe_interval(config.layer.probe_interval)
                     .with_history(history);
                 let (layer, incoming) = RedisLayer::new(redis).map_err(|e| e.to_string())?;
                 Ok((Self::Redis(layer), incoming))
@@ -167,6 +168,16 @@ impl NodeLayer {
                         "herald_redis_reconnects_total",
                         "Reconnections to Redis.",
                         s.reconnects,
+                    ),
+                    (
+                        "herald_redis_probe_failures_total",
+                        "Pub/sub readiness probes unanswered for a whole probe interval.",
+                        s.probe_failures,
+                    ),
+                    (
+                        "herald_redis_probe_round_trip_microseconds",
+                        "The last pub/sub readiness probe's round trip (gauge).",
+                        u64::try_from(s.probe_round_trip.as_micros()).unwrap_or(u64::MAX),
                     ),
                     (
                         "herald_redis_decode_errors_total",

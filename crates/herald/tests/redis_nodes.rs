@@ -176,7 +176,7 @@ async fn join_leave_churn_leaves_no_stale_subscription_or_key() {
     let settled = async {
         loop {
             let channels = redis
-                .cmd_strings(&["PUBSUB", "CHANNELS", &format!("{prefix}:*")])
+                .cmd_strings(&["PUBSUB", "CHANNELS", &format!("{prefix}:{{*")])
                 .await;
             if channels == vec![expected_channel.clone()] {
                 return;
@@ -253,7 +253,7 @@ async fn wait_channels(redis: &RedisProcess, prefix: &str, want: &[String]) {
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let channels = redis
-            .cmd_strings(&["PUBSUB", "CHANNELS", &format!("{prefix}:*")])
+            .cmd_strings(&["PUBSUB", "CHANNELS", &format!("{prefix}:{{*")])
             .await;
         if channels == want {
             return;
@@ -343,5 +343,68 @@ async fn subscribe_redis_does_not_confirm_then_the_group_nobody_wants_is_unsubsc
     }
     probe.close().await.unwrap();
     later.close().await.unwrap();
+    a.stop().await;
+}
+
+/// The value of an unlabelled sample in `/metrics`.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, text) = support::http(addr, "GET", "/metrics", &[], b"").await;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Polls `/readyz` every 20 ms until it answers `want`; the time that took, or `None`
+/// after `deadline`.
+async fn readyz_becomes(
+    addr: std::net::SocketAddr,
+    want: u16,
+    deadline: Duration,
+) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < deadline {
+        if get_status(addr, "/readyz").await == want {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn readyz_503_within_two_probe_intervals_of_a_hung_redis_then_200() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let interval = Duration::from_millis(500);
+    let mut config = redis_config(&redis.url(), &prefix);
+    config.layer.probe_interval = interval;
+    let a = TestServer::with_config(config).await;
+    // A probe answered: the round trip gauge is set, nothing failed.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(a.addr, "herald_redis_probe_round_trip_microseconds").await == 0 {
+        assert!(tokio::time::Instant::now() < until, "no probe answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get_status(a.addr, "/readyz").await, 200);
+    assert_eq!(metric(a.addr, "herald_redis_probe_failures_total").await, 0);
+
+    // The sockets stay open but nothing comes back.
+    redis.pause();
+    let took = readyz_becomes(a.addr, 503, Duration::from_secs(10))
+        .await
+        .expect("/readyz stays 200 while redis hangs");
+    redis.resume();
+    // Two intervals, plus one poll and its HTTP round trip.
+    assert!(
+        took <= interval * 2 + Duration::from_millis(100),
+        "/readyz took {took:?} to answer 503 (probe interval {interval:?})"
+    );
+    readyz_becomes(a.addr, 200, Duration::from_secs(10))
+        .await
+        .expect("/readyz 200 again once redis answers");
+    assert!(metric(a.addr, "herald_redis_probe_failures_total").await >= 1);
+    assert_eq!(get_status(a.addr, "/healthz").await, 200);
     a.stop().await;
 }
