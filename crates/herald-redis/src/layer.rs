@@ -321,7 +321,7 @@ impl Layer for RedisLayer {
     async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).insert(group.clone());
-        subscriber::apply(&self.inner.shared, group).await
+        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
     }
 
     /// Records the group as unwanted (nothing more is delivered for it from now on) and,
@@ -331,7 +331,30 @@ impl Layer for RedisLayer {
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).remove(group);
-        subscriber::apply(&self.inner.shared, group).await
+        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
+    }
+
+    /// Records all the changes at once and applies them in one write and one round trip:
+    /// one `SUBSCRIBE` naming every channel to add, one `UNSUBSCRIBE` for those to drop
+    /// (in commands of at most 1024 channels), then waits for Redis to confirm them all,
+    /// failing like `subscribe` when it does not in time (the changes stay recorded).
+    async fn update_subscriptions(
+        &self,
+        subscribe: &[GroupName],
+        unsubscribe: &[GroupName],
+    ) -> Result<(), LayerError> {
+        self.check_open()?;
+        {
+            let mut wanted = lock(&self.inner.shared.wanted);
+            for group in unsubscribe {
+                wanted.remove(group);
+            }
+            for group in subscribe {
+                wanted.insert(group.clone());
+            }
+        }
+        let groups: Vec<GroupName> = subscribe.iter().chain(unsubscribe).cloned().collect();
+        subscriber::apply(&self.inner.shared, &groups).await
     }
 
     async fn history(

@@ -13,7 +13,10 @@
 //! - **History** is one atomic script call too, so the current position and the messages
 //!   come from one instant. Messages older than `history.max_age` are not part of it.
 //! - **Delivery**: one dedicated subscriber connection (RESP2 pub/sub) per layer, which
-//!   `SUBSCRIBE`s to the channel of each group this node wants. Frames are read only when
+//!   `SUBSCRIBE`s to the channel of each group this node wants. `update_subscriptions`
+//!   applies many changes in one write (one `SUBSCRIBE` naming every channel to add, one
+//!   `UNSUBSCRIBE` for those to drop, at most 1024 channels a command), which the server's
+//!   subscriptions task uses to turn a connect storm into a few round trips. Frames are read only when
 //!   `Incoming` has room, so a slow reader leaves the backlog in Redis, not in herald.
 //! - **Wanted groups**: the layer's `wanted` set is the one record of which groups this
 //!   node wants (`RedisLayer::is_subscribed`); the server's subscriptions task keeps no

@@ -108,6 +108,17 @@ impl Layer for NodeLayer {
         }
     }
 
+    async fn update_subscriptions(
+        &self,
+        subscribe: &[GroupName],
+        unsubscribe: &[GroupName],
+    ) -> Result<(), LayerError> {
+        match self {
+            Self::Memory(l) => l.update_subscriptions(subscribe, unsubscribe).await,
+            Self::Redis(l) => l.update_subscriptions(subscribe, unsubscribe).await,
+        }
+    }
+
     async fn history(
         &self,
         group: &GroupName,

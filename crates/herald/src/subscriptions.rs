@@ -6,7 +6,10 @@
 //! record: this task keeps no copy) and fixes the difference. Because it
 //! reconciles with the hub's current state instead of replaying each edge, a fast
 //! join/leave/join cannot leave a stale subscription, whatever order the checks arrive in.
+//! The checks queued while one round trip is in flight are handled together, in one
+//! `update_subscriptions` call: a connect storm costs a few round trips, not one per group.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use herald_core::{GroupName, Layer};
@@ -75,6 +78,9 @@ impl Subscriptions {
     }
 }
 
+/// Most checks handled together: bounds one round of work (and one write to Redis).
+const BATCH: usize = 1024;
+
 async fn run(
     mut rx: mpsc::Receiver<Check>,
     hub: Arc<Hub>,
@@ -83,64 +89,87 @@ async fn run(
     cancel: CancellationToken,
 ) {
     let unconfirmed = BurstLog::default();
+    let mut checks = Vec::with_capacity(BATCH);
     loop {
-        let check = tokio::select! {
+        // Every check queued meanwhile is taken together: a connect storm becomes a few
+        // batched round trips instead of one per group.
+        let received = tokio::select! {
             _ = cancel.cancelled() => break,
-            check = rx.recv() => match check {
-                Some(check) => check,
-                None => break,
-            },
+            received = rx.recv_many(&mut checks, BATCH) => received,
         };
-        reconcile(&hub, &layer, django.as_ref(), &unconfirmed, &check.group).await;
-        if let Some(done) = check.done {
-            // The waiter may have gone away (its connection closed); that is fine.
-            let _ = done.send(());
+        if received == 0 {
+            break;
+        }
+        reconcile(&hub, &layer, django.as_ref(), &unconfirmed, &checks).await;
+        for check in checks.drain(..) {
+            if let Some(done) = check.done {
+                // The waiter may have gone away (its connection closed); that is fine.
+                let _ = done.send(());
+            }
         }
     }
 }
 
-/// Brings the layer's wanted state for `group` in line with the hub.
+/// Brings the layer's wanted state for the checked groups in line with the hub, in one
+/// `update_subscriptions` call.
 ///
 /// The layer is the only record of which groups are wanted: this task reads it and keeps
-/// no copy. A `subscribe`/`unsubscribe` that fails after recording its intent (Redis did
-/// not confirm in time) leaves the record changed, and the layer applies it to Redis when
-/// Redis catches up; the next check compares the hub with that record, not with what this
-/// task believed.
+/// no copy. A change that fails after recording its intent (Redis did not confirm in
+/// time) leaves the record changed, and the layer applies it to Redis when Redis catches
+/// up; the next check compares the hub with that record, not with what this task believed.
+/// Each group is compared once per batch, with the hub's state now, so it ends up in at
+/// most one of the two lists and its subscribe/unsubscribe edges keep their order.
 async fn reconcile(
     hub: &Hub,
     layer: &NodeLayer,
     django: Option<&DjangoBridge>,
     unconfirmed: &BurstLog,
-    group: &GroupName,
+    checks: &[Check],
 ) {
-    let wanted = hub.has_members(group);
-    if wanted == layer.is_subscribed(group) {
+    let mut seen: HashSet<&GroupName> = HashSet::with_capacity(checks.len());
+    let mut subscribe = Vec::new();
+    let mut unsubscribe = Vec::new();
+    for check in checks {
+        let group = &check.group;
+        if !seen.insert(group) {
+            continue;
+        }
+        match (hub.has_members(group), layer.is_subscribed(group)) {
+            (true, false) => subscribe.push(group.clone()),
+            (false, true) => unsubscribe.push(group.clone()),
+            _ => {}
+        }
+    }
+    if subscribe.is_empty() && unsubscribe.is_empty() {
         return;
     }
-    let result = if wanted {
-        layer.subscribe(group).await
-    } else {
-        layer.unsubscribe(group).await
-    };
-    if let Err(e) = &result {
-        if layer.is_subscribed(group) == wanted {
-            // Redis hangs: every change in the burst times out alike; one line for them.
-            if let Some(count) = unconfirmed.hit() {
-                tracing::warn!(%group, wanted, count, error = %e, "subscription changes not confirmed yet; applied when the layer catches up");
-            }
-        } else {
-            // The layer did not record the change (it is closing): nothing changed.
-            tracing::warn!(%group, wanted, error = %e, "subscription change failed");
-            return;
+    if let Err(e) = layer.update_subscriptions(&subscribe, &unsubscribe).await {
+        // Redis hangs: every change in the burst times out alike; one line for them.
+        if let Some(count) = unconfirmed.hit() {
+            tracing::warn!(
+                count,
+                subscribe = subscribe.len(),
+                unsubscribe = unsubscribe.len(),
+                error = %e,
+                "subscription changes not confirmed yet; applied when the layer catches up"
+            );
         }
     }
-    // The Django bridge follows the same edges of the layer's record.
+    // The Django bridge follows the edges of the layer's record (a closing layer records
+    // nothing, and then nothing changed).
     let Some(bridge) = django else { return };
-    if wanted {
-        if let Err(e) = bridge.group_active(group).await {
-            tracing::warn!(%group, error = %e, "django membership failed");
+    for group in &subscribe {
+        if layer.is_subscribed(group) {
+            if let Err(e) = bridge.group_active(group).await {
+                tracing::warn!(%group, error = %e, "django membership failed");
+            }
         }
-    } else if let Err(e) = bridge.group_inactive(group).await {
-        tracing::warn!(%group, error = %e, "django membership release failed");
+    }
+    for group in &unsubscribe {
+        if !layer.is_subscribed(group) {
+            if let Err(e) = bridge.group_inactive(group).await {
+                tracing::warn!(%group, error = %e, "django membership release failed");
+            }
+        }
     }
 }
