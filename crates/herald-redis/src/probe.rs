@@ -168,3 +168,53 @@ impl Probe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_for_an_interval_is_unhealthy_and_counted_once() {
+        let probe = Probe::new("p:probe:x".to_owned(), SECOND);
+        assert!(probe.is_healthy(), "nothing sent yet");
+        let first = probe.start("p");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(probe.is_healthy(), "still within the interval");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!probe.is_healthy(), "one whole interval unanswered");
+        let second = probe.start("p");
+        assert_eq!(probe.failures.get(), 1, "the first probe failed");
+        probe.answered("p", first.to_string().as_bytes());
+        assert!(
+            !probe.is_healthy(),
+            "a late answer to an older probe clears nothing"
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        probe.answered("p", second.to_string().as_bytes());
+        assert!(probe.is_healthy());
+        assert_eq!(probe.failures.get(), 1, "a timely answer is no failure");
+        assert_eq!(probe.round_trip(), Duration::from_millis(10));
+        probe.start("p");
+        assert_eq!(probe.failures.get(), 1, "an answered probe is not counted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_is_one_failure_and_garbage_is_ignored() {
+        let probe = Probe::new("p:probe:x".to_owned(), SECOND);
+        let seq = probe.start("p");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        probe.answered("p", b"not a number");
+        assert!(!probe.is_healthy());
+        probe.answered("p", seq.to_string().as_bytes());
+        assert!(probe.is_healthy());
+        assert_eq!(probe.failures.get(), 1);
+        probe.start("p");
+        assert_eq!(
+            probe.failures.get(),
+            1,
+            "the late probe is not counted again"
+        );
+    }
+}
