@@ -218,6 +218,31 @@ pub trait Layer: Clone + Send + Sync + 'static {
     fn unsubscribe(&self, group: &GroupName)
     -> impl Future<Output = Result<(), LayerError>> + Send;
 
+    /// Subscribes to every group of `subscribe` and unsubscribes from every group of
+    /// `unsubscribe` (a group should be in at most one of them). Backends override it to
+    /// apply many changes in one round trip; the default calls `subscribe` and
+    /// `unsubscribe` in turn, goes on past a failure and returns the first one.
+    fn update_subscriptions(
+        &self,
+        subscribe: &[GroupName],
+        unsubscribe: &[GroupName],
+    ) -> impl Future<Output = Result<(), LayerError>> + Send {
+        async move {
+            let mut first_error = None;
+            for group in subscribe {
+                if let Err(e) = self.subscribe(group).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for group in unsubscribe {
+                if let Err(e) = self.unsubscribe(group).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        }
+    }
+
     /// The messages of `group` after `since`, and the group's current position.
     ///
     /// With `since = None` (a first visit) the answer holds no messages, only the current

@@ -146,6 +146,12 @@ impl MemoryLayer {
         (Self { shared }, rx)
     }
 
+    /// Whether this node asked for `group`'s messages (`subscribe` without a later
+    /// `unsubscribe`): the one record of it, which the server's subscriptions task reads.
+    pub fn is_subscribed(&self, group: &GroupName) -> bool {
+        self.lock().subscribed.contains(group)
+    }
+
     /// Groups and bytes held, and histories evicted.
     pub fn stats(&self) -> MemoryStats {
         let state = self.lock();

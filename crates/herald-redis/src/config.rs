@@ -41,6 +41,11 @@ pub struct RedisLayerConfig {
     /// How often an idle subscriber connection is checked with `PING`; it is declared
     /// lost after two intervals without any answer. Default 5 s.
     pub health_check_interval: Duration,
+    /// How often the pub/sub path is proven: a probe message is published on this node's
+    /// private channel and must come back through the subscriber connection. A probe
+    /// unanswered for one interval makes the layer not ready (`/readyz` 503), so a stalled
+    /// subscriber is reported within two intervals. Default 1 s.
+    pub probe_interval: Duration,
 }
 
 impl Default for RedisLayerConfig {
@@ -55,6 +60,7 @@ impl Default for RedisLayerConfig {
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_secs(2),
             health_check_interval: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(1),
         }
     }
 }
@@ -77,6 +83,12 @@ impl RedisLayerConfig {
     /// Sets the history bounds.
     pub fn with_history(mut self, history: HistoryConfig) -> Self {
         self.history = history;
+        self
+    }
+
+    /// Sets how often the pub/sub path is probed.
+    pub fn with_probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
         self
     }
 
@@ -115,6 +127,9 @@ impl RedisLayerConfig {
         if self.health_check_interval.is_zero() {
             return fail("health_check_interval must be positive");
         }
+        if self.probe_interval < Duration::from_millis(10) {
+            return fail("probe_interval must be at least 10 ms");
+        }
         Ok(())
     }
 }
@@ -134,6 +149,7 @@ mod tests {
             RedisLayerConfig::default().with_prefix(""),
             RedisLayerConfig::default().with_prefix("a b"),
             RedisLayerConfig::default().with_incoming_capacity(0),
+            RedisLayerConfig::default().with_probe_interval(Duration::ZERO),
             RedisLayerConfig::default().with_history(HistoryConfig {
                 max_len: 1,
                 max_age: Duration::ZERO,

@@ -67,6 +67,12 @@ impl Keys {
         format!("{}:{{{group}}}:once:{key}", self.prefix)
     }
 
+    /// The private channel of one node's readiness probes (`node` is random per layer).
+    /// It has no `{group}` part, so it never parses as a group's channel.
+    pub(crate) fn probe_channel(&self, node: &str) -> String {
+        format!("{}:probe:{node}", self.prefix)
+    }
+
     /// The group name inside a channel name, if it is one of this prefix's channels.
     /// Not validated: callers look it up among the groups they subscribed to.
     pub(crate) fn group_name_of_channel<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
 use crate::presence;
+use crate::probe::Probe;
 use crate::scripts::{self, Limits, ScriptError};
 use crate::subscriber::{self, SubscriberWriter};
 use crate::{RedisLayerConfig, RedisLayerError, supervisor};
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     /// This layer's name among the nodes, as its presence entries are keyed: random per
     /// layer, so a restarted node never revives its former entries.
     node: String,
+    /// The readiness probe of the pub/sub path.
+    pub(crate) probe: Probe,
 }
 
 /// Counters of a [`RedisLayer`], for metrics. All are totals since the layer was built.
@@ -93,6 +96,11 @@ pub struct RedisStats {
     pub decode_errors: u64,
     /// Publish and history calls answered with `LayerError::Unavailable`.
     pub unavailable: u64,
+    /// Readiness probes (see `RedisLayerConfig::probe_interval`) that went unanswered for
+    /// a whole interval.
+    pub probe_failures: u64,
+    /// The last probe's round trip through Redis pub/sub (zero before the first).
+    pub probe_round_trip: Duration,
 }
 
 /// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
@@ -104,7 +112,7 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -137,8 +145,13 @@ impl RedisLayer {
             RedisLayerError::InvalidConfig("RedisLayer::new must be called inside a Tokio runtime")
         })?;
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
+        let keys = Keys::new(&config.prefix);
+        // Random per layer: nodes sharing a prefix never answer each other's probes.
+        let node = format!("{:016x}", fastrand::u64(..));
+        let probe = Probe::new(keys.probe_channel(&node), config.probe_interval);
         let shared = Arc::new(Shared {
-            keys: Keys::new(&config.prefix),
+            keys,
+            probe,
             limits: Limits::new(
                 config.history.max_age,
                 config.history.max_len,
@@ -188,12 +201,21 @@ impl RedisLayer {
             received: c.received.get(),
             decode_errors: c.decode_errors.get(),
             unavailable: c.unavailable.get(),
+            probe_failures: self.inner.shared.probe.failures.get(),
+            probe_round_trip: self.inner.shared.probe.round_trip(),
         }
     }
 
     /// This layer's node id: random per layer, the field of its presence entries.
     pub fn node_id(&self) -> &str {
         &self.inner.shared.node
+    }
+
+    /// Whether this node wants `group` delivered: recorded by the last `subscribe` or
+    /// `unsubscribe` call at once, whether or not Redis confirmed it yet (the supervisor
+    /// and the subscriber connection bring Redis in line). This is the one record of it.
+    pub fn is_subscribed(&self, group: &GroupName) -> bool {
+        self.inner.shared.is_wanted(group)
     }
 
     /// The groups this node currently wants delivered (applied to Redis as soon as it is
@@ -309,15 +331,40 @@ impl Layer for RedisLayer {
     async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).insert(group.clone());
-        subscriber::apply(&self.inner.shared, group).await
+        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
     }
 
     /// Records the group as unwanted (nothing more is delivered for it from now on) and,
-    /// when connected, waits until Redis confirmed it.
+    /// when connected, waits until Redis confirmed it. If no confirmation comes within
+    /// `command_timeout` it fails with `Unavailable`; the group stays unwanted and the
+    /// `UNSUBSCRIBE` takes effect when Redis catches up.
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).remove(group);
-        subscriber::apply(&self.inner.shared, group).await
+        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
+    }
+
+    /// Records all the changes at once and applies them in one write and one round trip:
+    /// one `SUBSCRIBE` naming every channel to add, one `UNSUBSCRIBE` for those to drop
+    /// (in commands of at most 1024 channels), then waits for Redis to confirm them all,
+    /// failing like `subscribe` when it does not in time (the changes stay recorded).
+    async fn update_subscriptions(
+        &self,
+        subscribe: &[GroupName],
+        unsubscribe: &[GroupName],
+    ) -> Result<(), LayerError> {
+        self.check_open()?;
+        {
+            let mut wanted = lock(&self.inner.shared.wanted);
+            for group in unsubscribe {
+                wanted.remove(group);
+            }
+            for group in subscribe {
+                wanted.insert(group.clone());
+            }
+        }
+        let groups: Vec<GroupName> = subscribe.iter().chain(unsubscribe).cloned().collect();
+        subscriber::apply(&self.inner.shared, &groups).await
     }
 
     async fn history(
@@ -407,7 +454,10 @@ impl Layer for RedisLayer {
     }
 
     fn is_ready(&self) -> bool {
-        !self.inner.cancel.is_cancelled() && self.inner.shared.ready.load(Ordering::Acquire)
+        // Connected and subscribed, and the pub/sub path answered its last probe in time.
+        !self.inner.cancel.is_cancelled()
+            && self.inner.shared.ready.load(Ordering::Acquire)
+            && self.inner.shared.probe.is_healthy()
     }
 }
 
@@ -453,6 +503,7 @@ impl Shared {
     /// only, until the next session.
     pub(crate) async fn go_down(&self) {
         self.ready.store(false, Ordering::Release);
+        self.probe.reset();
         lock(&self.command).take();
         // Dropping the writer drops the queued answers, which releases their waiters.
         self.subscriber.lock().await.take();

@@ -13,9 +13,25 @@
 //! - **History** is one atomic script call too, so the current position and the messages
 //!   come from one instant. Messages older than `history.max_age` are not part of it.
 //! - **Delivery**: one dedicated subscriber connection (RESP2 pub/sub) per layer, which
-//!   `SUBSCRIBE`s to the channel of each group this node wants. Frames are read only when
+//!   `SUBSCRIBE`s to the channel of each group this node wants. `update_subscriptions`
+//!   applies many changes in one write (one `SUBSCRIBE` naming every channel to add, one
+//!   `UNSUBSCRIBE` for those to drop, at most 1024 channels a command), which the server's
+//!   subscriptions task uses to turn a connect storm into a few round trips. Frames are read only when
 //!   `Incoming` has room, so a slow reader leaves the backlog in Redis, not in herald.
+//! - **Wanted groups**: the layer's `wanted` set is the one record of which groups this
+//!   node wants (`RedisLayer::is_subscribed`); the server's subscriptions task keeps no
+//!   copy and compares its hub with it. `subscribe`/`unsubscribe` change the set first and
+//!   then wait for Redis' confirmation; if none comes within `command_timeout` they fail
+//!   with `Unavailable` but the change stays recorded, and the command already written
+//!   (or the re-subscription after a reconnect) brings Redis in line when it catches up.
+//!   Messages are delivered only for groups in the set.
 //! - **Commands** (publish, history) share one multiplexed connection.
+//! - **Readiness** proves the pub/sub path (`probe.rs`): every `probe_interval` the
+//!   layer publishes a sequence number on its private probe channel through the command
+//!   connection and expects it back on the subscriber connection. While one stays
+//!   unanswered for a whole interval, `is_ready()` is `false` (so a frozen Redis or
+//!   subscriber is reported within two intervals); failures are counted and logged once
+//!   per stall.
 //! - **Failures**: while Redis is unreachable, `is_ready()` is `false`, publish and
 //!   history fail at once with `LayerError::Unavailable` (or after `command_timeout` if
 //!   Redis hangs), and `subscribe`/`unsubscribe` only record the wanted set. A supervisor
@@ -40,6 +56,7 @@
 //! | `{prefix}:{{group}}:presence` | hash | one field per node with connections in the group: `{valid_until_ms}\n{connections}\n{subs}` (see `presence.rs`) | the writer's presence `ttl`, refreshed by each update; expired fields are skipped and deleted by reads |
 //! | `{prefix}:{{group}}:occ` | hash | only with webhooks: the group is occupied (`since`; `empty_since` while no node has a connection) | none: deleted by the `vacate` that reports the group vacated |
 //! | `{prefix}:occupied` | sorted set | only with webhooks: every occupied group, scored by `since`, for the nodes' sweep | none |
+//! | `{prefix}:probe:{node}` | pub/sub channel | readiness probes: a decimal sequence number; `{node}` is 16 random hex digits per layer | none |
 //!
 //! With the defaults, group `user.42` uses `herald:{user.42}:meta`,
 //! `herald:{user.42}:stream`, `herald:{user.42}:ch` and `herald:{user.42}:presence`.
@@ -66,6 +83,7 @@
 //!
 //! - `layer.rs`: [`RedisLayer`], its `Layer` impl and the state shared with the task.
 //! - `supervisor.rs`: the task that connects, reconnects and re-subscribes.
+//! - `probe.rs`: the readiness probe of the pub/sub path.
 //! - `subscriber.rs`: the subscriber connection: handshake, commands, read loop.
 //! - `scripts.rs`: the publish and history Lua scripts and their replies.
 //! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
@@ -77,6 +95,7 @@ mod error;
 mod keys;
 mod layer;
 mod presence;
+mod probe;
 pub mod resp;
 mod scripts;
 mod subscriber;

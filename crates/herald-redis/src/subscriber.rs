@@ -4,8 +4,9 @@
 //! Writes and reads are split. Callers of `subscribe`/`unsubscribe` write through
 //! [`SubscriberWriter`] (one at a time, under an async lock); the read loop, run by the
 //! supervisor, owns the read half. Redis answers commands in order, so each write queues
-//! what its answers mean ([`Reply`]) before the bytes go out, and the read loop pops one
-//! entry per answer.
+//! what its answers mean ([`Expected`]) before the bytes go out, and the read loop pops an
+//! entry once its command is fully answered: a `SUBSCRIBE` or `UNSUBSCRIBE` naming n
+//! channels is answered by n frames, or by one error if Redis refuses the command.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,9 +40,27 @@ pub(crate) enum Reply {
     Ready,
 }
 
-type Replies = Arc<Mutex<VecDeque<Reply>>>;
+/// One command written and not yet fully answered.
+#[derive(Debug)]
+pub(crate) struct Expected {
+    /// Answer frames still to come.
+    answers: usize,
+    reply: Reply,
+}
 
-fn lock(replies: &Replies) -> MutexGuard<'_, VecDeque<Reply>> {
+impl Expected {
+    /// A command answered by one frame (`PING`, one-channel `SUBSCRIBE`).
+    fn one(reply: Reply) -> Self {
+        Self { answers: 1, reply }
+    }
+}
+
+/// Most channels named in one `SUBSCRIBE` or `UNSUBSCRIBE`: bounds the size of a command.
+const CHANNELS_PER_COMMAND: usize = 1024;
+
+type Replies = Arc<Mutex<VecDeque<Expected>>>;
+
+fn lock(replies: &Replies) -> MutexGuard<'_, VecDeque<Expected>> {
     // The queue holds no invariant a panic could break half-way: take it over.
     replies
         .lock()
@@ -80,7 +99,7 @@ impl SubscriberWriter {
     async fn send(
         &mut self,
         bytes: &[u8],
-        replies: impl IntoIterator<Item = Reply>,
+        replies: impl IntoIterator<Item = Expected>,
     ) -> Result<(), String> {
         // Queue first: the read loop may see the answer before `write_all` returns.
         lock(&self.replies).extend(replies);
@@ -91,25 +110,28 @@ impl SubscriberWriter {
         }
     }
 
-    /// Subscribes a fresh connection to every group in `groups`, followed by a `PING`
-    /// whose answer marks the layer ready.
+    /// Subscribes a fresh connection to the probe channel and every group in `groups`,
+    /// followed by a `PING` whose answer marks the layer ready.
     pub(crate) async fn resubscribe(
         &mut self,
         keys: &crate::keys::Keys,
+        probe_channel: &str,
         groups: HashSet<GroupName>,
     ) -> Result<(), String> {
         // One SUBSCRIBE per channel, pipelined in one write: each command then has exactly
         // one answer (its confirmation or its error), which keeps the reply queue aligned
         // even if Redis refuses some channel (e.g. an ACL rule).
         let mut bytes = Vec::new();
-        let mut replies = Vec::with_capacity(groups.len() + 1);
+        let mut replies = Vec::with_capacity(groups.len() + 2);
+        bytes.extend(resp::command([&b"SUBSCRIBE"[..], probe_channel.as_bytes()]));
+        replies.push(Expected::one(Reply::Ignore));
         for group in &groups {
             let channel = keys.channel(group);
             bytes.extend(resp::command([&b"SUBSCRIBE"[..], channel.as_bytes()]));
-            replies.push(Reply::Ignore);
+            replies.push(Expected::one(Reply::Ignore));
         }
         bytes.extend(resp::command([&b"PING"[..]]));
-        replies.push(Reply::Ready);
+        replies.push(Expected::one(Reply::Ready));
         self.send(&bytes, replies).await?;
         self.applied = groups;
         Ok(())
@@ -185,47 +207,66 @@ impl SubscriberReader {
     }
 }
 
-/// Brings the current subscriber connection in line with whether `group` is wanted, and
-/// waits until Redis confirmed it.
+/// Brings the current subscriber connection in line with whether each of `groups` is
+/// wanted, and waits until Redis confirmed it.
 ///
 /// All callers go through one async lock and each reads the wanted state under it, so
-/// concurrent subscribe/unsubscribe calls on one group leave Redis in the state of the
-/// last call, whatever order their commands were issued in. When nothing changes, a
-/// `PING` stands in: its answer comes after those of every earlier command, so a second
-/// `subscribe` does not return before the first one's SUBSCRIBE took effect.
-pub(crate) async fn apply(shared: &Shared, group: &GroupName) -> Result<(), LayerError> {
+/// concurrent calls on one group leave Redis in the state of the last call, whatever
+/// order their commands were issued in. The changes go out in one write: one `SUBSCRIBE`
+/// naming every newly wanted group's channel and one `UNSUBSCRIBE` for the groups no
+/// longer wanted (a group is in at most one of them), then a `PING`, whose answer comes
+/// after those of every earlier command; the caller waits for that one.
+pub(crate) async fn apply(shared: &Shared, groups: &[GroupName]) -> Result<(), LayerError> {
     let (done, session_writer_failed) = {
         let mut slot = shared.subscriber.lock().await;
         let Some(writer) = slot.as_mut() else {
             // Not connected: the wanted set is recorded and applied on reconnect.
             return Ok(());
         };
-        let wanted = shared.is_wanted(group);
-        let verb: &[u8] = match (wanted, writer.applied.contains(group)) {
-            (true, false) => {
-                writer.applied.insert(group.clone());
-                b"SUBSCRIBE"
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        for group in groups {
+            match (shared.is_wanted(group), writer.applied.contains(group)) {
+                (true, false) => {
+                    writer.applied.insert(group.clone());
+                    subscribe.push(shared.keys.channel(group));
+                }
+                (false, true) => {
+                    writer.applied.remove(group);
+                    unsubscribe.push(shared.keys.channel(group));
+                }
+                _ => {}
             }
-            (false, true) => {
-                writer.applied.remove(group);
-                b"UNSUBSCRIBE"
+        }
+        let mut bytes = Vec::new();
+        let mut expected = Vec::new();
+        for (verb, channels) in [
+            (&b"SUBSCRIBE"[..], &subscribe),
+            (&b"UNSUBSCRIBE"[..], &unsubscribe),
+        ] {
+            for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+                let args = std::iter::once(verb).chain(chunk.iter().map(|c| c.as_bytes()));
+                bytes.extend(resp::command(args));
+                expected.push(Expected {
+                    answers: chunk.len(),
+                    reply: Reply::Ignore,
+                });
             }
-            _ => b"PING",
-        };
-        let channel = shared.keys.channel(group);
-        let bytes = if verb == b"PING" {
-            resp::command([verb])
-        } else {
-            resp::command([verb, channel.as_bytes()])
-        };
+        }
         let (tx, rx) = oneshot::channel();
-        let failed = writer.send(&bytes, [Reply::Notify(tx)]).await.err();
+        bytes.extend(resp::command([&b"PING"[..]]));
+        expected.push(Expected::one(Reply::Notify(tx)));
+        let failed = writer.send(&bytes, expected).await.err();
         (rx, failed)
     };
     if let Some(why) = session_writer_failed {
         // The connection is broken; the supervisor will notice on the read side and the
         // reconnect applies the wanted set.
-        tracing::debug!(%group, why, "subscription write failed; applied on reconnect");
+        tracing::debug!(
+            groups = groups.len(),
+            why,
+            "subscription write failed; applied on reconnect"
+        );
         return Ok(());
     }
     match tokio::time::timeout(shared.config.command_timeout, done).await {
@@ -310,7 +351,10 @@ async fn ping(shared: &Shared) -> Result<(), String> {
     match slot.as_mut() {
         Some(writer) => {
             writer
-                .send(&resp::command([&b"PING"[..]]), [Reply::Ignore])
+                .send(
+                    &resp::command([&b"PING"[..]]),
+                    [Expected::one(Reply::Ignore)],
+                )
                 .await
         }
         None => Err("no subscriber connection".to_owned()),
@@ -346,7 +390,7 @@ async fn handle_frame(
                     }
                 },
                 b"subscribe" | b"unsubscribe" | b"pong" => {
-                    answer(shared, replies);
+                    answer(shared, replies, false);
                     None
                 }
                 other => {
@@ -357,12 +401,13 @@ async fn handle_frame(
         }
         // With no channel subscribed, Redis answers PING outside pub/sub framing.
         Frame::Simple(pong) if pong.eq_ignore_ascii_case(b"PONG") => {
-            answer(shared, replies);
+            answer(shared, replies, false);
             None
         }
         Frame::Error(e) => {
             tracing::warn!(prefix = %shared.config.prefix, error = %String::from_utf8_lossy(&e), "redis refused a subscriber command");
-            answer(shared, replies);
+            // A refused command is answered by this one error, however many channels it named.
+            answer(shared, replies, true);
             None
         }
         other => {
@@ -372,9 +417,20 @@ async fn handle_frame(
     }
 }
 
-/// Resolves the oldest pending answer.
-fn answer(shared: &Shared, replies: &Replies) {
-    let reply = lock(replies).pop_front();
+/// Counts one answer to the oldest command still waiting for answers (all of them when
+/// `whole`, for an error), and resolves it once it is fully answered.
+fn answer(shared: &Shared, replies: &Replies, whole: bool) {
+    let reply = {
+        let mut queue = lock(replies);
+        match queue.front_mut() {
+            Some(front) if !whole && front.answers > 1 => {
+                front.answers -= 1;
+                return;
+            }
+            Some(_) => queue.pop_front().map(|e| e.reply),
+            None => None,
+        }
+    };
     match reply {
         // The caller may have given up waiting; nothing to do then.
         Some(Reply::Notify(tx)) => {
@@ -393,6 +449,10 @@ async fn deliver(
     data: Bytes,
     cancel: &CancellationToken,
 ) -> Option<End> {
+    if channel == shared.probe.channel().as_bytes() {
+        shared.probe.answered(&shared.config.prefix, &data);
+        return None;
+    }
     // Only groups still wanted are delivered: between an unsubscribe and Redis' confirmation
     // messages may still arrive, and nobody on this node wants them any more.
     let group = shared.wanted_group_of_channel(channel)?;

@@ -1,5 +1,6 @@
 //! The supervisor task: owns the connection life cycle. It connects both connections,
-//! re-subscribes every wanted group, runs the subscriber's read loop, and after a loss
+//! re-subscribes every wanted group, runs the subscriber's read loop and the readiness
+//! probe (`probe.rs`) side by side, and after a loss
 //! tears down and reconnects with jittered exponential backoff, until the layer closes.
 
 use std::sync::Arc;
@@ -100,6 +101,8 @@ async fn session(
     mut writer: SubscriberWriter,
     cancel: &CancellationToken,
 ) -> End {
+    let probe_conn = command.clone();
+    shared.probe.reset();
     let session = shared.install_command(command);
     {
         // Holding the writer lock while reading the wanted set orders this against every
@@ -107,11 +110,19 @@ async fn session(
         // snapshot, one after it finds the writer installed and applies itself.
         let mut slot = shared.subscriber.lock().await;
         let wanted = shared.wanted_snapshot();
-        if let Err(why) = writer.resubscribe(&shared.keys, wanted).await {
+        if let Err(why) = writer
+            .resubscribe(&shared.keys, shared.probe.channel(), wanted)
+            .await
+        {
             tracing::warn!(prefix = %shared.config.prefix, error = %why, "re-subscribing failed");
             return End::Lost;
         }
         *slot = Some(writer);
     }
-    subscriber::read_loop(shared, &mut reader, session, cancel).await
+    let prefix = shared.config.prefix.as_str();
+    tokio::select! {
+        end = subscriber::read_loop(shared, &mut reader, session, cancel) => end,
+        // Runs until the read loop ends; it never returns on its own.
+        () = shared.probe.run(prefix, probe_conn, shared.config.command_timeout) => End::Lost,
+    }
 }

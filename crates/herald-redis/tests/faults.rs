@@ -158,13 +158,14 @@ async fn dropping_the_layer_stops_its_connections() {
     let (layer, mut rx) = layer(&redis, &prefix);
     ready(&layer).await;
     layer.subscribe(&group("g")).await.expect("subscribe");
+    // The group's channel and the layer's probe channel.
     let channel = format!("{prefix}:*");
     assert_eq!(
         redis
             .cmd_strings(&["PUBSUB", "CHANNELS", &channel])
             .await
             .len(),
-        1
+        2
     );
     let clone = layer.clone();
     drop(layer);

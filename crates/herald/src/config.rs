@@ -303,6 +303,11 @@ pub struct LayerConfig {
     pub url: Option<String>,
     /// Prefix of every Redis key and channel. Default `herald`.
     pub prefix: String,
+    /// Redis layer: how often the pub/sub path is proven by a round trip on this node's
+    /// private channel; `/readyz` answers 503 when a probe stays unanswered for one
+    /// interval (so within two intervals of a stall). Default `1s`.
+    #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
+    pub probe_interval: Duration,
 }
 
 impl Default for LayerConfig {
@@ -311,6 +316,7 @@ impl Default for LayerConfig {
             kind: LayerKind::Memory,
             url: None,
             prefix: "herald".into(),
+            probe_interval: Duration::from_secs(1),
         }
     }
 }

@@ -43,6 +43,7 @@ impl NodeLayer {
                 let url = config.layer.url.clone().unwrap_or_default();
                 let redis = RedisLayerConfig::new(url)
                     .with_prefix(config.layer.prefix.clone())
+                    .with_probe_interval(config.layer.probe_interval)
                     .with_history(history);
                 let (layer, incoming) = RedisLayer::new(redis).map_err(|e| e.to_string())?;
                 Ok((Self::Redis(layer), incoming))
@@ -104,6 +105,17 @@ impl Layer for NodeLayer {
         match self {
             Self::Memory(l) => l.unsubscribe(group).await,
             Self::Redis(l) => l.unsubscribe(group).await,
+        }
+    }
+
+    async fn update_subscriptions(
+        &self,
+        subscribe: &[GroupName],
+        unsubscribe: &[GroupName],
+    ) -> Result<(), LayerError> {
+        match self {
+            Self::Memory(l) => l.update_subscriptions(subscribe, unsubscribe).await,
+            Self::Redis(l) => l.update_subscriptions(subscribe, unsubscribe).await,
         }
     }
 
@@ -171,6 +183,16 @@ impl Layer for NodeLayer {
 }
 
 impl NodeLayer {
+    /// Whether this node wants `group`'s messages: the layer's own record of the last
+    /// `subscribe`/`unsubscribe`, whether or not the backend confirmed it yet. The
+    /// subscriptions task keeps no copy of it, so the two can never disagree.
+    pub fn is_subscribed(&self, group: &GroupName) -> bool {
+        match self {
+            Self::Memory(l) => l.is_subscribed(group),
+            Self::Redis(l) => l.is_subscribed(group),
+        }
+    }
+
     /// Counters of the backend, for `/metrics`: (name, help, value).
     pub fn stats(&self) -> Vec<(&'static str, &'static str, u64)> {
         match self {
@@ -201,6 +223,16 @@ impl NodeLayer {
                         "herald_redis_reconnects_total",
                         "Reconnections to Redis.",
                         s.reconnects,
+                    ),
+                    (
+                        "herald_redis_probe_failures_total",
+                        "Pub/sub readiness probes unanswered for a whole probe interval.",
+                        s.probe_failures,
+                    ),
+                    (
+                        "herald_redis_probe_round_trip_microseconds",
+                        "The last pub/sub readiness probe's round trip (gauge).",
+                        u64::try_from(s.probe_round_trip.as_micros()).unwrap_or(u64::MAX),
                     ),
                     (
                         "herald_redis_decode_errors_total",

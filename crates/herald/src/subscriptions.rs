@@ -2,9 +2,12 @@
 //! in order.
 //!
 //! Callers send "check group G" after changing the hub; the task compares what the hub
-//! holds now with what the layer is subscribed to and fixes the difference. Because it
+//! holds now with what the layer records as wanted (`NodeLayer::is_subscribed`, the one
+//! record: this task keeps no copy) and fixes the difference. Because it
 //! reconciles with the hub's current state instead of replaying each edge, a fast
 //! join/leave/join cannot leave a stale subscription, whatever order the checks arrive in.
+//! The checks queued while one round trip is in flight are handled together, in one
+//! `update_subscriptions` call: a connect storm costs a few round trips, not one per group.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use herald_django::DjangoBridge;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::burst_log::BurstLog;
 use crate::hub::Hub;
 use crate::node_layer::NodeLayer;
 
@@ -74,6 +78,9 @@ impl Subscriptions {
     }
 }
 
+/// Most checks handled together: bounds one round of work (and one write to Redis).
+const BATCH: usize = 1024;
+
 async fn run(
     mut rx: mpsc::Receiver<Check>,
     hub: Arc<Hub>,
@@ -81,46 +88,88 @@ async fn run(
     django: Option<DjangoBridge>,
     cancel: CancellationToken,
 ) {
-    let mut subscribed: HashSet<GroupName> = HashSet::new();
+    let unconfirmed = BurstLog::default();
+    let mut checks = Vec::with_capacity(BATCH);
     loop {
-        let check = tokio::select! {
+        // Every check queued meanwhile is taken together: a connect storm becomes a few
+        // batched round trips instead of one per group.
+        let received = tokio::select! {
             _ = cancel.cancelled() => break,
-            check = rx.recv() => match check {
-                Some(check) => check,
-                None => break,
-            },
+            received = rx.recv_many(&mut checks, BATCH) => received,
         };
-        let wanted = hub.has_members(&check.group);
-        let have = subscribed.contains(&check.group);
-        if wanted && !have {
-            match layer.subscribe(&check.group).await {
-                Ok(()) => {
-                    subscribed.insert(check.group.clone());
-                    // The Django bridge follows the same edges: this node now has members.
-                    if let Some(bridge) = &django {
-                        if let Err(e) = bridge.group_active(&check.group).await {
-                            tracing::warn!(group = %check.group, error = %e, "django membership failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(group = %check.group, error = %e, "subscribe failed"),
-            }
-        } else if !wanted && have {
-            match layer.unsubscribe(&check.group).await {
-                Ok(()) => {
-                    subscribed.remove(&check.group);
-                    if let Some(bridge) = &django {
-                        if let Err(e) = bridge.group_inactive(&check.group).await {
-                            tracing::warn!(group = %check.group, error = %e, "django membership release failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(group = %check.group, error = %e, "unsubscribe failed"),
+        if received == 0 {
+            break;
+        }
+        reconcile(&hub, &layer, django.as_ref(), &unconfirmed, &checks).await;
+        for check in checks.drain(..) {
+            if let Some(done) = check.done {
+                // The waiter may have gone away (its connection closed); that is fine.
+                let _ = done.send(());
             }
         }
-        if let Some(done) = check.done {
-            // The waiter may have gone away (its connection closed); that is fine.
-            let _ = done.send(());
+    }
+}
+
+/// Brings the layer's wanted state for the checked groups in line with the hub, in one
+/// `update_subscriptions` call.
+///
+/// The layer is the only record of which groups are wanted: this task reads it and keeps
+/// no copy. A change that fails after recording its intent (Redis did not confirm in
+/// time) leaves the record changed, and the layer applies it to Redis when Redis catches
+/// up; the next check compares the hub with that record, not with what this task believed.
+/// Each group is compared once per batch, with the hub's state now, so it ends up in at
+/// most one of the two lists and its subscribe/unsubscribe edges keep their order.
+async fn reconcile(
+    hub: &Hub,
+    layer: &NodeLayer,
+    django: Option<&DjangoBridge>,
+    unconfirmed: &BurstLog,
+    checks: &[Check],
+) {
+    let mut seen: HashSet<&GroupName> = HashSet::with_capacity(checks.len());
+    let mut subscribe = Vec::new();
+    let mut unsubscribe = Vec::new();
+    for check in checks {
+        let group = &check.group;
+        if !seen.insert(group) {
+            continue;
+        }
+        match (hub.has_members(group), layer.is_subscribed(group)) {
+            (true, false) => subscribe.push(group.clone()),
+            (false, true) => unsubscribe.push(group.clone()),
+            _ => {}
+        }
+    }
+    if subscribe.is_empty() && unsubscribe.is_empty() {
+        return;
+    }
+    if let Err(e) = layer.update_subscriptions(&subscribe, &unsubscribe).await {
+        // Redis hangs: every change in the burst times out alike; one line for them.
+        if let Some(count) = unconfirmed.hit() {
+            tracing::warn!(
+                count,
+                subscribe = subscribe.len(),
+                unsubscribe = unsubscribe.len(),
+                error = %e,
+                "subscription changes not confirmed yet; applied when the layer catches up"
+            );
+        }
+    }
+    // The Django bridge follows the edges of the layer's record (a closing layer records
+    // nothing, and then nothing changed).
+    let Some(bridge) = django else { return };
+    for group in &subscribe {
+        if layer.is_subscribed(group) {
+            if let Err(e) = bridge.group_active(group).await {
+                tracing::warn!(%group, error = %e, "django membership failed");
+            }
+        }
+    }
+    for group in &unsubscribe {
+        if !layer.is_subscribed(group) {
+            if let Err(e) = bridge.group_inactive(group).await {
+                tracing::warn!(%group, error = %e, "django membership release failed");
+            }
         }
     }
 }
