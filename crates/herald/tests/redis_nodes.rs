@@ -298,6 +298,14 @@ async fn unsubscribe_redis_does_not_confirm_then_a_later_joiner_gets_every_messa
     // handled its check, which comes after the unconfirmed unsubscribe.
     let mut second = a.connect_user("5").await;
     redis.resume();
+    // The layer may have given up on its connection while Redis hung: wait until it is
+    // ready again before publishing (a publish meanwhile is answered 503, by design).
+    assert!(
+        readyz_becomes(a.addr, 200, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "ready again after Redis resumed"
+    );
 
     // The group is wanted again, so Redis ends up subscribed to it ...
     wait_channels(&redis, &prefix, std::slice::from_ref(&channel)).await;
@@ -327,6 +335,14 @@ async fn subscribe_redis_does_not_confirm_then_the_group_nobody_wants_is_unsubsc
     first.close().await.unwrap();
     wait_groups(a.addr, 0).await;
     redis.resume();
+    // The layer may have given up on its connection while Redis hung: wait until it is
+    // ready again before publishing (a publish meanwhile is answered 503, by design).
+    assert!(
+        readyz_becomes(a.addr, 200, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "ready again after Redis resumed"
+    );
 
     // A member of another group, joined after: its SUBSCRIBE follows every earlier command
     // on the subscriber connection, so once it is delivered to, Redis has seen them all.
