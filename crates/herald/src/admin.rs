@@ -387,6 +387,31 @@ fn report(state: &AppState, admin: &Admin) -> Value {
             "backlog_capacity": s.backlog_capacity,
         })
     });
+    let hook = state.hook.as_ref().map(|_| {
+        let mut allowed = 0;
+        let mut refused = 0;
+        let mut failed = 0;
+        for metric in m.hook.metrics() {
+            if metric.name != "herald_hook_requests_total" {
+                continue;
+            }
+            for (result, n) in metric.samples {
+                match result {
+                    Some("allow") => allowed += n,
+                    Some("forbidden" | "unauthorized") => refused += n,
+                    _ => failed += n,
+                }
+            }
+        }
+        json!({"allowed_total": allowed, "refused_total": refused, "failed_total": failed})
+    });
+    let webhooks = state.config.webhooks.url.as_ref().map(|_| {
+        json!({
+            "delivered_total": load(&m.webhooks.delivered),
+            "failed_attempts_total": load(&m.webhooks.failed_attempts),
+            "given_up_total": load(&m.webhooks.given_up),
+        })
+    });
     json!({
         "node": admin.node,
         "at": unix_ms(),
@@ -406,6 +431,8 @@ fn report(state: &AppState, admin: &Admin) -> Value {
         "publish_failures_total": load(&m.publish_failures),
         "layer": {"kind": state.layer.kind(), "ready": state.layer.is_ready()},
         "django": django,
+        "hook": hook,
+        "webhooks": webhooks,
         "busiest": busiest,
     })
 }

@@ -145,6 +145,13 @@ async fn two_nodes_show_up_in_each_others_view_with_their_connections() {
         .expect("node A");
     assert_eq!(a_report["layer"]["kind"], "redis");
     assert_eq!(a_report["layer"]["ready"], true);
+    // Health of what is off here is reported as off (null), not left out.
+    for part in ["django", "hook", "webhooks"] {
+        assert!(
+            a_report.get(part).is_some_and(Value::is_null),
+            "{part}: {a_report}"
+        );
+    }
     let seed_route = a_report["routes"]
         .as_array()
         .expect("routes")
