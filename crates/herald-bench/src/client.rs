@@ -16,8 +16,9 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::sse::{Dechunker, EventParser, Kind};
 use crate::target::Target;
-use crate::unix_nanos;
+use crate::{Transport, unix_nanos};
 
 /// Initial read buffer; a burst of ~100-byte frames fills it in one read.
 const READ_BUFFER: usize = 4096;
@@ -108,6 +109,16 @@ pub struct Conn {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Set for an SSE stream: its body decoder and event parser.
+    sse: Option<Box<SseState>>,
+}
+
+/// An SSE stream's decoding state: the chunked decoder (when the body is chunked) and
+/// the event parser.
+#[derive(Debug)]
+struct SseState {
+    chunked: Option<Dechunker>,
+    parser: EventParser,
 }
 
 /// How a receiving connection ended.
@@ -121,14 +132,16 @@ pub enum End {
     Protocol,
 }
 
-/// Opens a TCP connection from `source` and performs the WebSocket upgrade for `path`.
+/// Opens a TCP connection from `source` and performs the WebSocket upgrade for `path`
+/// (or, for [`Transport::Sse`], the `GET` with `Accept: text/event-stream`, expecting 200).
 pub async fn connect(
     target: &Target,
     path: &str,
     source: Ipv4Addr,
     deadline: Duration,
+    transport: Transport,
 ) -> Result<Conn, ConnectError> {
-    tokio::time::timeout(deadline, connect_inner(target, path, source))
+    tokio::time::timeout(deadline, connect_inner(target, path, source, transport))
         .await
         .map_err(|_| ConnectError::Timeout)?
 }
@@ -137,6 +150,7 @@ async fn connect_inner(
     target: &Target,
     path: &str,
     source: Ipv4Addr,
+    transport: Transport,
 ) -> Result<Conn, ConnectError> {
     let socket = TcpSocket::new_v4().map_err(ConnectError::Bind)?;
     // The source address spreads sockets over several 4-tuples' port ranges; port 0 lets
@@ -149,12 +163,22 @@ async fn connect_inner(
         .await
         .map_err(ConnectError::Connect)?;
     let _ = stream.set_nodelay(true);
-    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n",
-        host = target.host
-    );
+    let request = match transport {
+        Transport::WebSocket => {
+            let key =
+                base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n",
+                host = target.host
+            )
+        }
+        Transport::Sse => format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
+             Cache-Control: no-cache\r\nOrigin: http://{host}\r\n\r\n",
+            host = target.host
+        ),
+    };
     stream
         .write_all(request.as_bytes())
         .await
@@ -186,16 +210,31 @@ async fn connect_inner(
         .next()
         .unwrap_or_default();
     let status = std::str::from_utf8(status_line).unwrap_or("?");
-    if status.split(' ').nth(1) != Some("101") {
+    let expected = match transport {
+        Transport::WebSocket => "101",
+        Transport::Sse => "200",
+    };
+    if status.split(' ').nth(1) != Some(expected) {
         return Err(ConnectError::Refused(
             status.split(' ').nth(1).unwrap_or("?").to_string(),
         ));
     }
+    let sse = (transport == Transport::Sse).then(|| {
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let chunked = head
+            .lines()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        Box::new(SseState {
+            chunked: chunked.then(Dechunker::default),
+            parser: EventParser::default(),
+        })
+    });
     Ok(Conn {
         stream,
         buf,
         start: head_end,
         end,
+        sse,
     })
 }
 
@@ -290,8 +329,12 @@ impl Conn {
         .await;
     }
 
-    /// Receives until the connection ends, reporting every data frame to `tally`.
+    /// Receives until the connection ends, reporting every data frame (or SSE message
+    /// event) to `tally`.
     pub async fn receive(mut self, tally: &Tally) -> End {
+        if let Some(sse) = self.sse.take() {
+            return self.receive_sse(*sse, tally).await;
+        }
         let mut latencies: Vec<u64> = Vec::new();
         loop {
             // Parse what is buffered.
@@ -368,6 +411,51 @@ impl Conn {
             match self.stream.read(&mut self.buf[self.end..]).await {
                 Ok(0) | Err(_) => return End::Lost,
                 Ok(n) => self.end += n,
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// The SSE receive loop: one fixed buffer, decoded in place each read.
+    async fn receive_sse(mut self, mut sse: SseState, tally: &Tally) -> End {
+        let mut latencies: Vec<u64> = Vec::new();
+        loop {
+            let now = unix_nanos();
+            let mut frames = 0u64;
+            let mut unstamped = 0u64;
+            let mut closed: Option<u16> = None;
+            let SseState { chunked, parser } = &mut sse;
+            let mut on_event = |kind: Kind, data: &[u8]| match kind {
+                Kind::Message | Kind::Binary => {
+                    frames += 1;
+                    match stamp(data) {
+                        Some(sent) => latencies.push(now.saturating_sub(sent) / 1000),
+                        None => unstamped += 1,
+                    }
+                }
+                Kind::Close => closed = Some(crate::sse::close_code(data)),
+                Kind::Other => {}
+            };
+            let input = &self.buf[self.start..self.end];
+            let parsed = match chunked {
+                Some(d) => d.feed(input, |body| parser.feed(body, &mut on_event)),
+                None => parser.feed(input, &mut on_event).map(|()| false),
+            };
+            flush(tally, frames, unstamped, now, &mut latencies);
+            match parsed {
+                Err(_) => return End::Protocol,
+                Ok(true) => return End::Closed(closed.unwrap_or(1005)),
+                Ok(false) => {}
+            }
+            if let Some(code) = closed {
+                return End::Closed(code);
+            }
+            self.start = 0;
+            self.end = 0;
+            match self.stream.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return End::Lost,
+                Ok(n) => self.end = n,
             }
         }
     }

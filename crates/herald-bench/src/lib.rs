@@ -14,7 +14,8 @@
 //! # Layout
 //!
 //! - [`target`]: URL templates and the loopback check.
-//! - [`client`]: the WebSocket client (handshake, server-frame parser, receive loop).
+//! - [`client`]: the WebSocket client (handshake, server-frame parser, receive loop), and
+//!   the SSE client (`--transport sse`) over [`sse`]'s chunked decoder and event parser.
 //! - [`publish`]: HTTP publishers.
 //! - [`procfs`]: server RSS and CPU from `/proc`.
 //! - [`report`]: the figures a run produces, as text and as one JSON line.
@@ -23,6 +24,7 @@ pub mod client;
 pub mod procfs;
 pub mod publish;
 pub mod report;
+pub mod sse;
 pub mod target;
 
 use std::collections::BTreeMap;
@@ -48,6 +50,17 @@ pub fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// How the clients receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// A WebSocket upgrade; data frames are deliveries.
+    #[default]
+    WebSocket,
+    /// `GET` with `Accept: text/event-stream`; message events are deliveries.
+    Sse,
 }
 
 /// What a run does.
@@ -84,6 +97,8 @@ impl Default for Shard {
 pub struct BenchConfig {
     /// A name for the system under test, echoed in the report.
     pub label: String,
+    /// How clients receive: WebSocket or Server-Sent Events.
+    pub transport: Transport,
     /// What to do.
     pub mode: Mode,
     /// WebSocket URL template with `{i}` (client index) and `{g}` (group index).
@@ -138,6 +153,7 @@ impl BenchConfig {
         Self {
             label: "herald".into(),
             mode: Mode::Broadcast,
+            transport: Transport::WebSocket,
             ws_url: format!("ws://{addr}/message/{{g}}/stream/"),
             clients,
             shard: Shard::default(),
@@ -208,7 +224,10 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let ws = if local.is_empty() {
         None
     } else {
-        Some(Arc::new(Target::parse(&config.ws_url, &[("ws://", 80)])?))
+        Some(Arc::new(Target::parse(
+            &config.ws_url,
+            &[("ws://", 80), ("http://", 80)],
+        )?))
     };
     let publishes = matches!(config.mode, Mode::Broadcast | Mode::PerUser);
     let plan = match (&config.publish_url, publishes) {
@@ -270,6 +289,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
                 path,
                 source,
                 config.mode,
+                config.transport,
                 config.connect_timeout,
                 limit.clone(),
                 connects.clone(),
@@ -421,6 +441,7 @@ async fn client_task(
     path: String,
     source: Ipv4Addr,
     mode: Mode,
+    transport: Transport,
     timeout: Duration,
     limit: Arc<Semaphore>,
     connects: Arc<ConnectTally>,
@@ -430,7 +451,7 @@ async fn client_task(
         // The semaphore is never closed, so acquiring only fails if it were.
         let _permit = limit.acquire().await;
         let begun = Instant::now();
-        let attempt = client::connect(&target, &path, source, timeout).await;
+        let attempt = client::connect(&target, &path, source, timeout, transport).await;
         if attempt.is_ok() {
             let us = begun.elapsed().as_micros() as u64;
             lock(&connects.latency).saturating_record(us.max(1));

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use herald_bench::{BenchConfig, Mode, Shard};
+use herald_bench::{BenchConfig, Mode, Shard, Transport};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,10 +24,14 @@ struct Args {
     /// What to do.
     #[arg(long, value_enum, default_value_t = ModeArg::Broadcast)]
     mode: ModeArg,
+    /// How clients receive: WebSocket, or Server-Sent Events (a GET with
+    /// `Accept: text/event-stream` on the same path; broadcast, per-user and idle only).
+    #[arg(long, value_enum, default_value_t = TransportArg::Websocket)]
+    transport: TransportArg,
     /// Name of the system under test, echoed in the report.
     #[arg(long, default_value = "herald")]
     label: String,
-    /// WebSocket URL template; {i} = client index, {g} = group index (0 in broadcast, i otherwise).
+    /// WebSocket URL template (ws:// or http://, either works for SSE); {i} = client index, {g} = group index (0 in broadcast, i otherwise).
     #[arg(long, default_value = "ws://127.0.0.1:8000/message/{g}/stream/")]
     url: String,
     /// Clients over all shards.
@@ -101,6 +105,12 @@ struct Args {
     threads: usize,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    Websocket,
+    Sse,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ModeArg {
     Broadcast,
@@ -138,6 +148,13 @@ fn config(args: Args) -> anyhow::Result<BenchConfig> {
         ModeArg::PerUser => Mode::PerUser,
         ModeArg::Idle => Mode::Idle,
         ModeArg::ConnectStorm => Mode::ConnectStorm,
+    };
+    config.transport = match (args.transport, args.mode) {
+        (TransportArg::Websocket, _) => Transport::WebSocket,
+        (TransportArg::Sse, ModeArg::ConnectStorm) => {
+            anyhow::bail!("--transport sse: broadcast, per-user and idle only")
+        }
+        (TransportArg::Sse, _) => Transport::Sse,
     };
     config.ws_url = args.url;
     config.shard = args.shard;

@@ -6,7 +6,7 @@ use std::fmt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{BenchConfig, Mode};
+use crate::{BenchConfig, Mode, Transport};
 
 /// Percentiles of a histogram, scaled into the report's unit.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
@@ -85,6 +85,8 @@ pub struct Report {
     pub label: String,
     /// What the run did.
     pub mode: Mode,
+    /// How the clients received.
+    pub transport: Transport,
     /// `k/n` when sharded.
     pub shard: String,
     /// Connection attempts by this process.
@@ -150,6 +152,7 @@ impl Report {
         Self {
             label: config.label.clone(),
             mode: config.mode,
+            transport: config.transport,
             shard: format!("{}/{}", config.shard.index, config.shard.count),
             clients,
             connected: 0,
@@ -192,9 +195,10 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} {:?} shard {}: {}/{} connected in {:.2}s ({:.0}/s, {} failed {:?}), connect p50 {:.1} ms p99 {:.1} ms",
+            "{} {:?} {:?} shard {}: {}/{} connected in {:.2}s ({:.0}/s, {} failed {:?}), connect p50 {:.1} ms p99 {:.1} ms",
             self.label,
             self.mode,
+            self.transport,
             self.shard,
             self.connected,
             self.clients,
