@@ -6,7 +6,7 @@
 //! queue in the outbox) → read history after each client position → `welcome` → replay →
 //! release the queued live frames, skipping offsets already replayed. Subscribing before
 //! reading history is what makes the replay gap-free; skipping is what makes it
-//! duplicate-free. SSE streams (`sse.rs`) resume through the same [`Connection::resume`].
+//! duplicate-free. SSE streams (`sse.rs`) resume through the same `Connection::resume`.
 
 use std::io;
 use std::sync::Arc;

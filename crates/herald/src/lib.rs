@@ -8,14 +8,23 @@
 //! # Data flow
 //!
 //! ```text
-//! browser ──ws──▶ ws::gateway ──▶ connection task ◀── outbox (bounded) ◀── hub (members)
-//!                 (route, limits)  (reads, heartbeats,                        ▲
-//!                                   writes shared frames)                     │
-//! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ pump
+//! browser ──ws / sse──▶ ws::gateway ──▶ connection task ◀── outbox (bounded) ◀── hub (members)
+//!                       (route, limits,  (WebSocket or SSE:                         ▲
+//!                        origin, token,   reads, heartbeats, resume,                │
+//!                        connect hook)    writes shared frames)                     │
+//! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ pump ───────┘
 //!                                     ▲
 //! Django group_send ──▶ herald_django bridge (started by server, memberships kept by
 //!                       subscriptions)
 //! ```
+//!
+//! A message enters at `api::publish` (or the Django bridge), gets its offset in the layer,
+//! comes back to every subscribed node on the layer's `Incoming`, fans out in `pump` →
+//! `hub` (one encoding per wire mode, shared by all members) and leaves through each
+//! member's `outbox`, written by its connection task (`connection.rs`; `sse.rs` for
+//! event streams). Beside that path, off it: `subscriptions` (which groups this node
+//! listens to), `presence` (who is connected, cluster-wide) and `webhooks` (occupied /
+//! vacated events), each one task that owns its state.
 //!
 //! One shortcut: for a small group (≤ [`hub::INLINE_MAX_MEMBERS`] local members, e.g. one
 //! user's tabs) on a plain-mode connection over plain TCP, the hub writes the frame
@@ -39,6 +48,9 @@
 //! - [`api`]: `POST /api/publish`, health, readiness and metrics endpoints.
 //! - [`protocol`]: message frames (plain and `herald.v1`) and the `herald.v1` control
 //!   frames; [`close`]: close codes.
+//! - `hook`: the connect hook (the application decides who may listen), its decision
+//!   cache and refreshes; `presence`, `webhooks`: presence entries and occupied/vacated
+//!   events across nodes.
 //! - `admin`: the `/admin/` dashboard; `http_limits`, `error_body`, `burst_log`: HTTP
 //!   connection caps, JSON bodies for hyper's own errors, log lines once per burst.
 //! - [`node_layer`]: the configured layer as one type; [`metrics`]: counters.
