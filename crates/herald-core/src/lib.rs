@@ -24,6 +24,7 @@
 
 pub mod backoff;
 pub mod group;
+mod history_ring;
 mod idempotency;
 pub mod layer;
 pub mod memory;

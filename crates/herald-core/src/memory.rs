@@ -2,13 +2,14 @@
 //!
 //! It cannot scale past one node: use the Redis layer to share groups between processes.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::history_ring::HistoryRing;
 use crate::idempotency::IdempotencyRecords;
 use crate::{
     Epoch, GroupName, HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, KeyedItem, Layer,
@@ -109,24 +110,20 @@ struct GroupState {
     last_activity: Instant,
     /// This group's key in `State::by_activity`.
     stamp: u64,
-    ring: VecDeque<(Instant, Message)>,
-    /// History bytes of `ring`.
+    ring: HistoryRing,
+    /// History bytes of `ring`, as the bounds count them.
     bytes: usize,
 }
 
-/// What one message costs against the byte bounds.
-fn cost(message: &Message) -> usize {
-    message
-        .payload
-        .data()
-        .len()
-        .saturating_add(HISTORY_ENTRY_OVERHEAD)
+/// What a payload of `len` bytes costs against the byte bounds.
+fn cost(len: usize) -> usize {
+    len.saturating_add(HISTORY_ENTRY_OVERHEAD)
 }
 
 impl GroupState {
     /// Drops the oldest entry; returns its cost.
     fn pop_oldest(&mut self) -> usize {
-        let freed = self.ring.pop_front().map_or(0, |(_, m)| cost(&m));
+        let freed = self.ring.pop_oldest().map_or(0, cost);
         self.bytes = self.bytes.saturating_sub(freed);
         freed
     }
@@ -209,12 +206,12 @@ impl State {
                 last_offset: 0,
                 last_activity: now,
                 stamp,
-                ring: VecDeque::new(),
+                ring: HistoryRing::new(now),
                 bytes: 0,
             });
         let mut freed = 0;
-        while let Some((at, _)) = state.ring.front() {
-            if now.saturating_duration_since(*at) > bounds.history.max_age {
+        while let Some(at) = state.ring.oldest_at() {
+            if now.saturating_duration_since(at) > bounds.history.max_age {
                 freed += state.pop_oldest();
             } else {
                 break;
@@ -271,7 +268,7 @@ impl State {
                 continue;
             }
             self.bytes = self.bytes.saturating_sub(g.bytes);
-            g.ring = VecDeque::new();
+            g.ring.clear();
             g.bytes = 0;
             self.evicted += 1;
         }
@@ -303,9 +300,9 @@ impl State {
         };
         let mut added = 0;
         let mut freed = 0;
-        let size = cost(&message);
+        let size = cost(message.payload.data().len());
         if config.max_len > 0 && size <= config.max_bytes {
-            g.ring.push_back((now, message.clone()));
+            g.ring.push(message.offset, &message.payload, now);
             g.bytes += size;
             added = size;
         } else {
@@ -472,14 +469,10 @@ impl Layer for MemoryLayer {
             && since.offset <= g.last_offset
             && (since.offset == g.last_offset
                 || g.ring
-                    .front()
-                    .is_some_and(|(_, first)| first.offset <= since.offset + 1));
+                    .first_offset()
+                    .is_some_and(|first| first <= since.offset + 1));
         let messages = if covered {
-            g.ring
-                .iter()
-                .filter(|(_, m)| m.offset > since.offset)
-                .map(|(_, m)| m.clone())
-                .collect()
+            g.ring.after(since.offset, group, &g.epoch)
         } else {
             Vec::new()
         };
