@@ -94,13 +94,18 @@ mod envelope;
 mod error;
 mod keys;
 mod layer;
+mod lost_writes;
 mod presence;
 mod probe;
 pub mod resp;
 mod scripts;
+mod sentinel;
 mod subscriber;
 mod supervisor;
+mod topology;
 
 pub use config::RedisLayerConfig;
 pub use error::RedisLayerError;
 pub use layer::{RedisLayer, RedisStats};
+pub use lost_writes::reset_notice;
+pub use topology::{SentinelTopology, Topology};
