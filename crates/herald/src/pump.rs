@@ -46,13 +46,19 @@ pub(crate) async fn run(
 }
 
 /// Delivers `batch` run by run (consecutive messages of one group), each to a snapshot
-/// of the group's members, in slices.
+/// of the group's members, in slices. A stream-reset notice (offset 0, see
+/// `herald_redis::reset_notice`) is a run of its own and goes to `herald.v1` and SSE
+/// members only: its epoch closes their streams with 4400; plain mode has no streams.
 pub(crate) async fn deliver(hub: &Hub, batch: &[herald_core::Message]) -> Delivered {
     let mut total = Delivered::default();
-    for run in batch.chunk_by(|a, b| a.group == b.group) {
-        let Some(members) = hub.snapshot(&run[0].group) else {
+    for run in batch.chunk_by(|a, b| a.group == b.group && (a.offset == 0) == (b.offset == 0)) {
+        let Some(mut members) = hub.snapshot(&run[0].group) else {
             continue;
         };
+        if run[0].offset == 0 {
+            let streams: Vec<_> = members.iter().filter(|m| !m.is_plain()).cloned().collect();
+            members = Arc::new(streams);
+        }
         let inline = members.len() <= INLINE_MAX_MEMBERS;
         let mut encoded = Encoded::new(run);
         let sliced = members.len() > FANOUT_SLICE;
