@@ -167,8 +167,9 @@ pub fn reset_notice(group: GroupName, epoch: Epoch) -> Message {
 }
 
 /// After connecting, before the session is installed: checks every remembered group
-/// against the master; each that lost acknowledged writes gets a new epoch, and its
-/// wanted groups' connections on this node get a reset notice.
+/// against the master; each that lost acknowledged writes gets a new epoch. Every
+/// remembered group whose epoch is no longer the one seen (reset now, by another node,
+/// or gone with Redis' data) gets a reset notice for this node's connections, if wanted.
 pub(crate) async fn check_after_connect(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
@@ -184,13 +185,18 @@ pub(crate) async fn check_after_connect(
             Err(_) => return Err("checking for lost writes: no answer in time".to_owned()),
         };
         for ((group, old, offset), checked) in batch.iter().zip(checked) {
-            if checked.reset
-                && let Some(new) = checked.epoch
-            {
-                report(shared, group, *offset, "after a reconnect");
-                shared.seen.replaced(group, old, &new);
-                notify(shared, group, new, cancel).await;
+            if checked.epoch.as_ref() == Some(old) {
+                continue;
             }
+            if checked.reset {
+                report(shared, group, *offset, "after a reconnect");
+            }
+            // Reset here, by another node, or the group's keys are gone: either way this
+            // node's streams of the old epoch are stale and must be told now, not at the
+            // group's next message (which may never come).
+            let new = checked.epoch.unwrap_or_else(Epoch::random);
+            shared.seen.replaced(group, old, &new);
+            notify(shared, group, new, cancel).await;
         }
     }
     Ok(())

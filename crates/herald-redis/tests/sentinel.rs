@@ -93,10 +93,15 @@ async fn a_killed_master_is_replaced_publishes_fail_fast_in_the_gap_then_deliver
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_lost_in_a_failover_give_the_group_a_new_epoch() {
     let mut set = SentinelSet::start().await;
-    let (layer, mut rx) = layer(&set, &unique_prefix(), HistoryConfig::default());
+    let prefix = unique_prefix();
+    let (layer, mut rx) = layer(&set, &prefix, HistoryConfig::default());
+    // A second node that only listens: it must be told too, whichever node resets.
+    let (other, mut other_rx) = self::layer(&set, &prefix, HistoryConfig::default());
     ready(&layer, Duration::from_secs(10)).await;
+    ready(&other, Duration::from_secs(10)).await;
     let g = group("lost");
     layer.subscribe(&g).await.unwrap();
+    other.subscribe(&g).await.unwrap();
     for i in 1..=3u64 {
         let p = layer
             .publish(&g, Payload::text(format!("{i}")))
@@ -119,6 +124,12 @@ async fn acknowledged_writes_lost_in_a_failover_give_the_group_a_new_epoch() {
     }
     for i in 1..=5u64 {
         assert_eq!(recv_within(&mut rx, Duration::from_secs(5)).await.offset, i);
+        assert_eq!(
+            recv_within(&mut other_rx, Duration::from_secs(5))
+                .await
+                .offset,
+            i
+        );
     }
     set.kill_server(old);
     let (new, _) = set.wait_new_master(old, Duration::from_secs(40)).await;
@@ -128,7 +139,16 @@ async fn acknowledged_writes_lost_in_a_failover_give_the_group_a_new_epoch() {
     let notice = recv_within(&mut rx, Duration::from_secs(10)).await;
     assert_eq!(notice.offset, 0, "a reset notice");
     assert_ne!(notice.epoch, epoch, "under a new epoch");
-    assert_eq!(layer.stats().lost_writes, 1);
+    let other_notice = recv_within(&mut other_rx, Duration::from_secs(10)).await;
+    assert_eq!(
+        (other_notice.offset, &other_notice.epoch),
+        (0, &notice.epoch)
+    );
+    assert_eq!(
+        layer.stats().lost_writes + other.stats().lost_writes,
+        1,
+        "one node found the loss and reset the group"
+    );
     // A client resuming from what it saw is told the history cannot cover it.
     let resumed = layer
         .history(
@@ -149,6 +169,7 @@ async fn acknowledged_writes_lost_in_a_failover_give_the_group_a_new_epoch() {
     assert_eq!((live.offset, live.epoch), (next.offset, next.epoch));
     assert_eq!(set.role(new).await.as_deref(), Some("master"));
     layer.close().await;
+    other.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
