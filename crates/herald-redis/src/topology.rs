@@ -72,7 +72,9 @@ impl Topology {
             return Ok(Self::Single(url.to_owned()));
         }
         let Some(rest) = url.strip_prefix("redis+sentinel://") else {
-            return fail("the url must start with redis:// or redis+sentinel://");
+            return Err(RedisLayerError::InvalidUrl(Box::from(
+                "the url must start with redis:// or redis+sentinel://",
+            )));
         };
         if rest.contains(['?', '#']) {
             return fail("redis+sentinel url: query strings and fragments are not supported");
@@ -208,9 +210,13 @@ mod tests {
     #[test]
     fn invalid_urls_are_refused_with_a_reason() {
         let many = format!("redis+sentinel://{}/m", vec!["h"; 17].join(","));
+        for bad in ["", "http://h/m"] {
+            assert!(
+                matches!(Topology::parse(bad), Err(RedisLayerError::InvalidUrl(_))),
+                "{bad:?}"
+            );
+        }
         for bad in [
-            "",
-            "http://h/m",
             "redis+sentinel://",
             "redis+sentinel://h1:26379",
             "redis+sentinel://h1:26379/",

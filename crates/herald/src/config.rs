@@ -859,7 +859,11 @@ impl Config {
                     // The layer's own parser: a bad Sentinel address list fails here, at
                     // start-up, with the reason.
                     if let Err(e) = herald_redis::Topology::parse(url) {
-                        return Err(ConfigError::new("layer.url", e.to_string()));
+                        let message = match std::error::Error::source(&e) {
+                            Some(why) => format!("{e}: {why}"),
+                            None => e.to_string(),
+                        };
+                        return Err(ConfigError::new("layer.url", message));
                     }
                 }
             }
