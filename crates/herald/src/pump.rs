@@ -82,6 +82,34 @@ mod tests {
     use herald_core::{Epoch, GroupName, Message, Payload};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// A stream-reset notice (offset 0) reaches `herald.v1` and SSE members, never a
+    /// plain-mode one (whose clients would take it for a message).
+    #[tokio::test]
+    async fn reset_notices_skip_plain_members() {
+        let hub = Hub::new(Arc::default());
+        let g = GroupName::new("g").unwrap();
+        let mut receivers = Vec::new();
+        for (id, mode) in [Mode::Plain, Mode::V1, Mode::Sse].into_iter().enumerate() {
+            let (outbox, rx) = Outbox::new(mode, 16, 1 << 20);
+            hub.join(&g, id as u64, 0, &outbox);
+            receivers.push(rx);
+        }
+        let at = |offset| Message {
+            group: g.clone(),
+            offset,
+            epoch: Epoch::new("e"),
+            payload: Payload::text("x"),
+            received_at: None,
+        };
+        deliver(&hub, &[at(1), at(0), at(2)]).await;
+        let offsets = |rx: &mut crate::outbox::OutboxReceiver| {
+            std::iter::from_fn(|| rx.try_recv().ok().map(|f| f.offset)).collect::<Vec<_>>()
+        };
+        assert_eq!(offsets(&mut receivers[0]), vec![1, 2], "plain");
+        assert_eq!(offsets(&mut receivers[1]), vec![1, 0, 2], "herald.v1");
+        assert_eq!(offsets(&mut receivers[2]), vec![1, 0, 2], "sse");
+    }
+
     /// On one thread, a join waiting behind a large fan-out runs between its slices, not
     /// after the whole fan-out.
     #[tokio::test(flavor = "current_thread")]

@@ -40,6 +40,11 @@
 //! not cover (trimmed, a future offset, another epoch) gets `event: resync`. Groups the
 //! id does not name start from now.
 //!
+//! Live events are checked exactly like a `herald.v1` WebSocket's frames
+//! (`connection::classify`): a gap, offsets going backwards or another epoch end the
+//! stream with `event: close` and code 4400, and the browser's reconnect resumes from the
+//! last id, getting the missing events replayed or `event: resync`.
+//!
 //! # Refusals
 //!
 //! SSE has no close codes: refusals are HTTP statuses with the JSON error body, mapped
