@@ -196,3 +196,34 @@ async fn history_since_a_future_offset_of_the_same_epoch_is_not_recovered() {
     assert!(!layer.history(&g, Some(&other)).await.unwrap().recovered);
     layer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_first_sentinel_is_skipped_at_connect_and_in_a_failover() {
+    let mut set = SentinelSet::start().await;
+    let first = set.sentinel_ports()[0];
+    set.kill_sentinel(first);
+    let (layer, mut rx) = layer(&set, &unique_prefix(), HistoryConfig::default());
+    ready(&layer, Duration::from_secs(10)).await;
+    let g = group("g");
+    layer.subscribe(&g).await.unwrap();
+    layer.publish(&g, Payload::text("1")).await.unwrap();
+    assert_eq!(recv_within(&mut rx, Duration::from_secs(5)).await.offset, 1);
+    let old = set.master_port().await.expect("a master");
+    assert!(set.replicas_in_sync(old, 2).await);
+    // Two sentinels left: still a quorum and a majority for the failover.
+    set.kill_server(old);
+    let (_, promoted) = set.wait_new_master(old, Duration::from_secs(40)).await;
+    let deadline = promoted + Duration::from_secs(10);
+    let position = loop {
+        match layer.publish(&g, Payload::text("2")).await {
+            Ok(p) => break p,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no publish within 10 s of the promotion: {e}"),
+        }
+    };
+    assert_eq!(position.offset, 2);
+    assert_eq!(recv_within(&mut rx, Duration::from_secs(5)).await.offset, 2);
+    layer.close().await;
+}

@@ -231,6 +231,14 @@ impl SentinelSet {
         self.server(port).kill();
     }
 
+    /// SIGKILLs the sentinel on `port`.
+    pub fn kill_sentinel(&mut self, port: u16) {
+        match self.sentinels.iter_mut().find(|s| s.port == port) {
+            Some(sentinel) => sentinel.kill(),
+            None => panic!("no sentinel on port {port}"),
+        }
+    }
+
     /// SIGSTOPs the data server on `port` (it keeps its connections but answers nothing).
     pub fn pause_server(&self, port: u16) {
         self.server_ref(port).signal("-STOP");

@@ -395,8 +395,12 @@ async fn failover_under_load_every_client_ends_exact_or_reset_and_delivery_resum
     let acked = acked.lock().unwrap().clone();
     let mut resumed_after = Duration::ZERO;
     let mut total_resets = 0;
+    let mut total_closes: BTreeMap<u16, usize> = BTreeMap::new();
     for (name, user, seen, closes) in &results {
         total_resets += check_client(name, seen, &acked[*user]);
+        for code in closes {
+            *total_closes.entry(*code).or_default() += 1;
+        }
         assert!(
             closes.iter().all(|c| [4400, 1013, 1012].contains(c)),
             "{name}: unexpected close codes {closes:?}"
@@ -410,7 +414,7 @@ async fn failover_under_load_every_client_ends_exact_or_reset_and_delivery_resum
         resumed_after = resumed_after.max(first.saturating_duration_since(promoted));
     }
     eprintln!(
-        "failover: master killed, promotion seen {:?} later; delivery resumed on every client within {resumed_after:?} of it; publishes {statuses:?}; explicit resets {total_resets}",
+        "failover: master killed, promotion seen {:?} later; delivery resumed on every client within {resumed_after:?} of it; publishes {statuses:?}; closes {total_closes:?}; explicit resets {total_resets}",
         promoted.saturating_duration_since(killed)
     );
     assert!(
