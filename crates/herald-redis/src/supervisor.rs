@@ -23,13 +23,24 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut backoff = Backoff::new(config.reconnect_min_delay, config.reconnect_max_delay);
     let mut ever_connected = false;
     let mut failures_in_a_row = 0u64;
+    // With Sentinel, each sentinel asked may take a whole connect timeout (a frozen one
+    // accepts the connection and answers nothing): room to ask them all, then connect.
+    let connect_limit = match &shared.target {
+        Target::Single(_) => config.connect_timeout,
+        Target::Sentinel(topology) => {
+            let asks = u32::try_from(topology.sentinels.len()).unwrap_or(u32::MAX);
+            config
+                .connect_timeout
+                .saturating_mul(asks.saturating_add(1))
+        }
+    };
     loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => break,
-            attempt = tokio::time::timeout(config.connect_timeout, connect(&shared)) => attempt,
+            attempt = tokio::time::timeout(connect_limit, connect(&shared)) => attempt,
         };
-        let attempt = attempt
-            .unwrap_or_else(|_| Err(format!("no connection within {:?}", config.connect_timeout)));
+        let attempt =
+            attempt.unwrap_or_else(|_| Err(format!("no connection within {connect_limit:?}")));
         match attempt {
             Ok(Connected {
                 command,

@@ -227,3 +227,18 @@ async fn a_dead_first_sentinel_is_skipped_at_connect_and_in_a_failover() {
     assert_eq!(recv_within(&mut rx, Duration::from_secs(5)).await.offset, 2);
     layer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_first_sentinel_does_not_keep_the_layer_from_its_master() {
+    let set = SentinelSet::start().await;
+    let first = set.sentinel_ports()[0];
+    // Frozen: the connection is accepted, nothing is answered.
+    set.pause_sentinel(first);
+    let (layer, mut rx) = layer(&set, &unique_prefix(), HistoryConfig::default());
+    ready(&layer, Duration::from_secs(20)).await;
+    let g = group("g");
+    layer.subscribe(&g).await.unwrap();
+    layer.publish(&g, Payload::text("1")).await.unwrap();
+    assert_eq!(recv_within(&mut rx, Duration::from_secs(5)).await.offset, 1);
+    layer.close().await;
+}

@@ -239,6 +239,14 @@ impl SentinelSet {
         }
     }
 
+    /// SIGSTOPs the sentinel on `port`: it accepts connections and answers nothing.
+    pub fn pause_sentinel(&self, port: u16) {
+        match self.sentinels.iter().find(|s| s.port == port) {
+            Some(sentinel) => sentinel.signal("-STOP"),
+            None => panic!("no sentinel on port {port}"),
+        }
+    }
+
     /// SIGSTOPs the data server on `port` (it keeps its connections but answers nothing).
     pub fn pause_server(&self, port: u16) {
         self.server_ref(port).signal("-STOP");

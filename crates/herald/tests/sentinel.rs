@@ -413,9 +413,17 @@ async fn failover_under_load_every_client_ends_exact_or_reset_and_delivery_resum
         let first = first.unwrap_or_else(|| panic!("{name}: nothing after the promotion"));
         resumed_after = resumed_after.max(first.saturating_duration_since(promoted));
     }
+    let mut lost_writes = 0;
+    for node in &nodes {
+        lost_writes += node.metric("herald_redis_lost_writes_total").await;
+    }
     eprintln!(
-        "failover: master killed, promotion seen {:?} later; delivery resumed on every client within {resumed_after:?} of it; publishes {statuses:?}; closes {total_closes:?}; explicit resets {total_resets}",
+        "failover: master killed, promotion seen {:?} later; delivery resumed on every client within {resumed_after:?} of it; publishes {statuses:?}; closes {total_closes:?}; explicit resets {total_resets}; groups with lost writes {lost_writes}",
         promoted.saturating_duration_since(killed)
+    );
+    assert!(
+        total_resets == 0 || lost_writes > 0,
+        "a reset without a detected lost write"
     );
     assert!(
         resumed_after <= Duration::from_secs(10),
