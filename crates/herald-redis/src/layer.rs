@@ -18,10 +18,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
+use crate::lost_writes::Seen;
 use crate::presence;
 use crate::probe::Probe;
 use crate::scripts::{self, Limits, ScriptError};
 use crate::subscriber::{self, SubscriberWriter};
+use crate::topology::Topology;
 use crate::{RedisLayerConfig, RedisLayerError, supervisor};
 
 /// Most messages sent in one script call by `publish_batch`: bounds how long one call
@@ -53,7 +55,8 @@ impl Drop for Inner {
 /// State shared by the handles and the supervisor task.
 pub(crate) struct Shared {
     pub(crate) config: RedisLayerConfig,
-    pub(crate) client: redis::Client,
+    /// Where the connections go: a fixed Redis, or the master the sentinels name.
+    pub(crate) target: Target,
     pub(crate) keys: Keys,
     limits: Limits,
     pub(crate) tx: mpsc::Sender<Message>,
@@ -80,6 +83,17 @@ pub(crate) struct Shared {
     node: String,
     /// The readiness probe of the pub/sub path.
     pub(crate) probe: Probe,
+    /// What this node saw of each group's position, against lost acknowledged writes.
+    pub(crate) seen: Seen,
+}
+
+/// Where a layer's connections go.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// One Redis at a fixed address.
+    Single(redis::Client),
+    /// The master Redis Sentinel names, asked again at every connect.
+    Sentinel(crate::topology::SentinelTopology),
 }
 
 /// Counters of a [`RedisLayer`], for metrics. All are totals since the layer was built.
@@ -101,6 +115,9 @@ pub struct RedisStats {
     pub probe_failures: u64,
     /// The last probe's round trip through Redis pub/sub (zero before the first).
     pub probe_round_trip: Duration,
+    /// Groups found to have lost acknowledged writes (offsets reassigned by a new master
+    /// after a failover) and given a new epoch, so their clients were reset.
+    pub lost_writes: u64,
 }
 
 /// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
@@ -135,12 +152,14 @@ impl RedisLayer {
     /// runtime (the background task is spawned on it).
     pub fn new(config: RedisLayerConfig) -> Result<(Self, Incoming), RedisLayerError> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| RedisLayerError::InvalidUrl(Box::new(e)))?;
-        match client.get_connection_info().addr() {
-            ConnectionAddr::Tcp(..) => {}
-            other => return Err(RedisLayerError::UnsupportedAddress(other.to_string())),
-        }
+        let target = match Topology::parse(&config.url)? {
+            Topology::Single(url) => Target::Single(open_tcp(&url)?),
+            Topology::Sentinel(sentinel) => {
+                // The master's URL is only known at connect time; check its form now.
+                open_tcp(&sentinel.master_url("127.0.0.1", 6379))?;
+                Target::Sentinel(sentinel)
+            }
+        };
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             RedisLayerError::InvalidConfig("RedisLayer::new must be called inside a Tokio runtime")
         })?;
@@ -157,7 +176,7 @@ impl RedisLayer {
                 config.history.max_len,
                 config.history.max_bytes,
             ),
-            client,
+            target,
             tx,
             wanted: Mutex::default(),
             command: Mutex::default(),
@@ -168,6 +187,7 @@ impl RedisLayer {
             command_lost: Notify::new(),
             stats: Counters::default(),
             node: format!("{:016x}", fastrand::u64(..)),
+            seen: Seen::default(),
             config,
         });
         let cancel = CancellationToken::new();
@@ -203,6 +223,7 @@ impl RedisLayer {
             unavailable: c.unavailable.get(),
             probe_failures: self.inner.shared.probe.failures.get(),
             probe_round_trip: self.inner.shared.probe.round_trip(),
+            lost_writes: self.inner.shared.seen.lost.get(),
         }
     }
 
@@ -245,7 +266,12 @@ impl RedisLayer {
         let (session, mut conn) = shared.command_connection()?;
         let call = scripts::publish(&mut conn, &shared.keys, shared.limits, window, items);
         match tokio::time::timeout(shared.config.command_timeout, call).await {
-            Ok(Ok(published)) => Ok(published),
+            Ok(Ok(published)) => {
+                for (item, p) in items.iter().zip(&published) {
+                    shared.seen.acked(&item.group, &p.position);
+                }
+                Ok(published)
+            }
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
             Err(_) => Err(shared.timed_out()),
         }
@@ -377,7 +403,10 @@ impl Layer for RedisLayer {
         let (session, mut conn) = shared.command_connection()?;
         let call = scripts::history(&mut conn, &shared.keys, shared.limits, group, since);
         match tokio::time::timeout(shared.config.command_timeout, call).await {
-            Ok(Ok(history)) => Ok(history),
+            Ok(Ok(history)) => {
+                shared.seen.acked(group, &history.current);
+                Ok(history)
+            }
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
             Err(_) => Err(shared.timed_out()),
         }
@@ -461,6 +490,15 @@ impl Layer for RedisLayer {
     }
 }
 
+/// A client for a plain TCP `redis://` URL.
+fn open_tcp(url: &str) -> Result<redis::Client, RedisLayerError> {
+    let client = redis::Client::open(url).map_err(|e| RedisLayerError::InvalidUrl(Box::new(e)))?;
+    match client.get_connection_info().addr() {
+        ConnectionAddr::Tcp(..) => Ok(client),
+        other => Err(RedisLayerError::UnsupportedAddress(other.to_string())),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a single insert, remove or swap: a panic cannot leave
     // the value half-updated, so a poisoned lock is taken over.
@@ -476,6 +514,11 @@ impl Shared {
 
     pub(crate) fn wanted_snapshot(&self) -> HashSet<GroupName> {
         lock(&self.wanted).clone()
+    }
+
+    /// The stored name of `group` if it is wanted.
+    pub(crate) fn wanted_group(&self, group: &GroupName) -> Option<GroupName> {
+        lock(&self.wanted).get(group).cloned()
     }
 
     /// The wanted group a channel belongs to, sharing the stored name (no allocation).
@@ -513,7 +556,7 @@ impl Shared {
         self.lost_session.load(Ordering::Acquire)
     }
 
-    fn command_connection(&self) -> Result<(u64, MultiplexedConnection), LayerError> {
+    pub(crate) fn command_connection(&self) -> Result<(u64, MultiplexedConnection), LayerError> {
         // A clone shares the one multiplexed connection.
         match lock(&self.command).as_ref() {
             Some((session, conn)) => Ok((*session, conn.clone())),

@@ -42,6 +42,99 @@
 //!   `FLUSHALL`, expiry), the next publish or history call starts a new epoch with offsets
 //!   from 1, and resuming clients are told `recovered: false`.
 //!
+//! # Deployments: one Redis or Sentinel
+//!
+//! The URL picks the deployment (`topology.rs`): `redis://[user:password@]host:port/db` is
+//! one Redis; `redis+sentinel://[user:password@]h1:26379,h2:26379/<master-name>[/<db>]`
+//! is the master that Redis Sentinel names. With Sentinel, every connect asks the
+//! sentinels in order (`SENTINEL get-master-addr-by-name`; a dead sentinel costs one
+//! connect timeout), connects to the address and checks `ROLE` (a server still named but
+//! not (yet) a master is refused and retried with backoff). While connected, the
+//! sentinels are asked again every `probe_interval` and `ROLE` is re-checked on the
+//! session's connection (`sentinel.rs`); when another master is named, or ours was
+//! demoted, the session ends and the supervisor reconnects to the new master and
+//! re-subscribes every wanted group. A killed master is noticed sooner still, by its
+//! broken connections. Asking rather than subscribing to `+switch-master` needs no
+//! long-lived connection per sentinel and is indifferent to which sentinels are alive;
+//! it costs at most one probe interval. The sentinels are asked with the redis-rs
+//! multiplexed connection (one short command, nothing queued), the subscriber stays the
+//! bounded hand-driven reader. The credentials and db of the URL apply to the master.
+//!
+//! While no master is reachable (from the kill until the promotion is followed),
+//! publish and history fail fast with `LayerError::Unavailable` (the API answers 503,
+//! never a silent drop) and `is_ready()` is `false` (`/readyz` 503); both recover with the
+//! first session on the new master.
+//!
+//! # Failover: gaps and lost writes
+//!
+//! Redis replicates asynchronously: a write the master acknowledged may not have reached
+//! the replica that Sentinel promotes. Two things can then go wrong for a group, and
+//! herald turns both into something explicit.
+//!
+//! **Gaps.** A node whose subscriber was disconnected misses the messages published
+//! meanwhile (by nodes that reconnected sooner). Connections notice: each `herald.v1` or
+//! SSE stream knows, per group, the last offset it sent and the offset up to which its
+//! resume covered the stream (the *replay horizon*), and checks every live offset exactly
+//! (`herald::connection::classify`): at or below the horizon it is a replay duplicate
+//! (skipped); the next offset is sent; anything else closes the stream with 4400 (SSE:
+//! `event: close` with code 4400): a gap (an offset past the next), a regression (an
+//! offset at or below the last one sent but above the horizon, under the same epoch), or
+//! another epoch. Each is counted (`herald_stream_gaps_total`,
+//! `herald_stream_regressions_total`, `herald_stream_epoch_changes_total`) and logged once
+//! per burst. For a gap, closing was chosen over fetching the missing range inside the
+//! connection: the client's resume already is the exact, tested path (subscribe, read
+//! history after the client's own position, replay, de-duplicate), it needs no Redis round
+//! trip inside a connection's write loop (which would stall every frame behind it, and
+//! for a whole node's connections at once after a reconnect), and when the history no
+//! longer covers the gap the client learns it (`recovered: false`) instead of receiving a
+//! silently partial range. The cost is one reconnect per affected client.
+//!
+//! **Lost acknowledged writes.** After a failover the new master may lack the last
+//! messages of a group: its offset is lower than one that was acknowledged, and the next
+//! publishes reassign those offsets to other messages under the same epoch. A client
+//! resuming from such an offset would silently skip the new messages, or receive two
+//! different messages under one position. The layer prevents it (`lost_writes.rs`):
+//!
+//! - It remembers, per group (at most 100,000 groups; past that an arbitrary one is
+//!   forgotten, and that group is only protected by the connection-level checks), the
+//!   epoch and the highest offset it saw: acknowledged to its own publishes, read as
+//!   current by a history read (what resuming clients were told), and received live.
+//! - After every (re)connect, before the session's command connection is installed (so
+//!   before this node can publish through it and before it reports ready), one script per
+//!   256 groups compares them with the master: a group whose epoch is the one seen but
+//!   whose offset is below the one seen lost writes, and gets a new random epoch (and an
+//!   empty history; offsets keep counting) atomically in that script. Every remembered
+//!   group whose epoch is no longer the one seen (reset here, by another node, or gone
+//!   with Redis' data) gets a *reset notice* on `Incoming`: offset 0 (never a message's)
+//!   under the new epoch. Its streams on this node see the epoch change and close with
+//!   4400, their clients resume and are answered `recovered: false` (the old epoch is no
+//!   longer the group's). Plain-mode connections never receive notices.
+//! - Live, the same check runs on every message: from one session to the next nothing
+//!   acknowledged before may come again, so an offset at or below the highest seen (live,
+//!   or acknowledged in an earlier session) under the same epoch proves a reassignment:
+//!   the group gets a new epoch unconditionally (the script is told "any offset is too
+//!   low"), the message is dropped and a reset notice sent. Messages still carrying an
+//!   epoch this node retired are dropped (their streams were reset).
+//! - Every node runs the same checks; the script only replaces the epoch it was asked
+//!   about, so however many nodes notice, one new epoch results. Each reset is counted
+//!   (`RedisStats::lost_writes`, `herald_redis_lost_writes_total`) and logged.
+//! - `history(since)` answers `recovered: false` for a position of another epoch and for
+//!   one above the group's current offset under the same epoch.
+//!
+//! **What stays open.** Detection is by (epoch, offset): if, before this node reconnects
+//! and checks, other nodes already published enough on the new master to carry the
+//! group's offset back up to (or past) what this node saw, and those messages did not
+//! reach this node live, the reassignment is indistinguishable from progress here. The
+//! window is the time between the promotion and this node's reconnect (about one probe
+//! interval plus the reconnect backoff); its clients may then receive a new message at a
+//! position where they had an older one. A node that received the lost messages live and
+//! any of the reassigning ones live does detect it. Closing the window entirely needs a
+//! write that survives the failover (`WAIT` for a replica before acknowledging, i.e.
+//! synchronous replication at the cost of latency), or a per-message identity in the
+//! envelope to compare; neither is done yet. Writes acknowledged to no node (a 503 after
+//! a timeout whose script still ran) may or may not be delivered: they were never
+//! promised.
+//!
 //! ## Redis keys and channels
 //!
 //! All names start with the configured prefix (default `herald`) and put the group in a
@@ -82,7 +175,10 @@
 //! # Layout
 //!
 //! - `layer.rs`: [`RedisLayer`], its `Layer` impl and the state shared with the task.
+//! - `topology.rs`: [`Topology`], the deployment a URL names (one Redis or Sentinel).
 //! - `supervisor.rs`: the task that connects, reconnects and re-subscribes.
+//! - `sentinel.rs`: finding the master through Sentinel and following its changes.
+//! - `lost_writes.rs`: the positions seen per group, and the resets after lost writes.
 //! - `probe.rs`: the readiness probe of the pub/sub path.
 //! - `subscriber.rs`: the subscriber connection: handshake, commands, read loop.
 //! - `scripts.rs`: the publish and history Lua scripts and their replies.
@@ -94,13 +190,18 @@ mod envelope;
 mod error;
 mod keys;
 mod layer;
+mod lost_writes;
 mod presence;
 mod probe;
 pub mod resp;
 mod scripts;
+mod sentinel;
 mod subscriber;
 mod supervisor;
+mod topology;
 
 pub use config::RedisLayerConfig;
 pub use error::RedisLayerError;
 pub use layer::{RedisLayer, RedisStats};
+pub use lost_writes::reset_notice;
+pub use topology::{SentinelTopology, Topology};

@@ -161,8 +161,39 @@ end
 return out
 "#;
 
+/// Gives groups that lost acknowledged writes a new epoch (see "Failover: gaps and lost
+/// writes" in the crate doc).
+///
+/// KEYS: for group i, `meta` at 2i-1 and `stream` at 2i.
+/// ARGV: for group i, at 3i-2 the epoch this node saw, at 3i-1 the highest offset it saw
+/// under it, at 3i a candidate epoch.
+/// A group whose epoch is still the one seen but whose offset is below the one seen lost
+/// writes: it gets the candidate epoch and an empty history (its offsets go on counting,
+/// so new entries never collide with old IDs). Returns, per group: 1 if it was given a new
+/// epoch else 0, then its epoch now ('' when the group has none).
+const RESET_LUA: &str = r#"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
+  local seen_epoch, seen, candidate = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), ARGV[3 * i]
+  local epoch = redis.call('HGET', meta, 'e')
+  local offset = tonumber(redis.call('HGET', meta, 'o') or '0')
+  if epoch == seen_epoch and seen ~= nil and offset < seen then
+    redis.call('HSET', meta, 'e', candidate, 'b', 0)
+    redis.call('DEL', stream)
+    out[#out + 1] = 1
+    out[#out + 1] = candidate
+  else
+    out[#out + 1] = 0
+    out[#out + 1] = epoch or ''
+  end
+end
+return out
+"#;
+
 static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUBLISH_LUA));
 static HISTORY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HISTORY_LUA));
+static RESET: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESET_LUA));
 
 /// A reply that does not have the shape the script returns: a bug, or a foreign script
 /// under the same name.
@@ -316,6 +347,53 @@ where
         recovered,
         messages,
     })
+}
+
+/// What [`reset_lost`] found for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// The group was given a new epoch: it had lost writes.
+    pub(crate) reset: bool,
+    /// The group's epoch now; `None` when it has none (its keys are gone).
+    pub(crate) epoch: Option<Epoch>,
+}
+
+/// Runs the reset script for `groups` (group, epoch seen, highest offset seen under it);
+/// answers one [`Checked`] per group, in order.
+pub(crate) async fn reset_lost<C>(
+    conn: &mut C,
+    keys: &Keys,
+    groups: &[(GroupName, Epoch, u64)],
+) -> Result<Vec<Checked>, ScriptError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut invocation = RESET.prepare_invoke();
+    for (group, epoch, offset) in groups {
+        invocation
+            .key(keys.meta(group))
+            .key(keys.stream(group))
+            .arg(epoch.as_str())
+            .arg(*offset)
+            .arg(Epoch::random().as_str());
+    }
+    let reply: Value = invocation.invoke_async(conn).await?;
+    let Value::Array(values) = reply else {
+        return Err(BadReply("reset reply is not an array").into());
+    };
+    if values.len() != groups.len() * 2 {
+        return Err(BadReply("reset reply has the wrong length").into());
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    let mut values = values.into_iter();
+    while let (Some(reset), Some(epoch)) = (values.next(), values.next()) {
+        let epoch = as_epoch(epoch)?;
+        out.push(Checked {
+            reset: matches!(reset, Value::Int(1)),
+            epoch: (!epoch.as_str().is_empty()).then_some(epoch),
+        });
+    }
+    Ok(out)
 }
 
 /// Why a script call failed.

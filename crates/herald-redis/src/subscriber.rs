@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::envelope;
 use crate::layer::Shared;
+use crate::lost_writes::{self, Live};
 use crate::resp::{self, Frame};
 
 /// Room made in the read buffer before each read.
@@ -296,10 +297,8 @@ pub(crate) async fn read_loop(
         loop {
             match resp::parse(&mut reader.buf) {
                 Ok(Some(frame)) => {
-                    if handle_frame(shared, &reader.replies, frame, cancel).await
-                        == Some(End::Closed)
-                    {
-                        return End::Closed;
+                    if let Some(end) = handle_frame(shared, &reader.replies, frame, cancel).await {
+                        return end;
                     }
                     // Waiting on a full `Incoming` is not silence from Redis.
                     last_heard = Instant::now();
@@ -361,7 +360,8 @@ async fn ping(shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// Handles one frame; `Some(End::Closed)` when the layer closed while waiting for room.
+/// Handles one frame; `Some(End::Closed)` when the layer closed while waiting for room,
+/// `Some(End::Lost)` when a lost-writes reset could not reach Redis.
 async fn handle_frame(
     shared: &Shared,
     replies: &Replies,
@@ -465,6 +465,19 @@ async fn deliver(
         }
     };
     shared.stats.received.increment();
+    match shared.seen.live(&message) {
+        Live::Deliver => {}
+        Live::Retired => return None,
+        Live::Reassigned => {
+            return match lost_writes::reset_reassigned(shared, &message, cancel).await {
+                Ok(()) => None,
+                Err(why) => {
+                    tracing::warn!(prefix = %shared.config.prefix, error = %why, "reconnecting to reset a group");
+                    Some(End::Lost)
+                }
+            };
+        }
+    }
     tokio::select! {
         _ = cancel.cancelled() => Some(End::Closed),
         permit = shared.tx.reserve() => {

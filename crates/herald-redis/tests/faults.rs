@@ -88,6 +88,13 @@ async fn restarted_redis_resubscribes_and_starts_a_new_epoch() {
     })
     .await;
 
+    // The layer remembered the group's epoch; Redis lost it: its node is told at once,
+    // with a reset notice (offset 0, another epoch), so streams reset without waiting
+    // for the group's next message.
+    let notice = recv_within(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(notice.offset, 0, "a reset notice");
+    assert_ne!(notice.epoch, before.epoch);
+
     // No new subscribe call: the layer re-subscribed on its own.
     let after = within(
         "publish after restart",

@@ -299,7 +299,9 @@ impl Default for HookConfig {
 pub struct LayerConfig {
     /// `memory` (default, one process) or `redis` (several nodes).
     pub kind: LayerKind,
-    /// Redis URL, `redis://host:port/db`; required when `kind = "redis"`.
+    /// Redis URL, required when `kind = "redis"`: `redis://[user:pass@]host:port/db`, or
+    /// `redis+sentinel://[user:pass@]h1:26379,h2:26379/<master-name>[/<db>]` for a
+    /// master found (and re-found after a failover) through Redis Sentinel.
     pub url: Option<String>,
     /// Prefix of every Redis key and channel. Default `herald`.
     pub prefix: String,
@@ -853,13 +855,17 @@ impl Config {
                         "required when layer.kind = \"redis\"",
                     ));
                 }
-                Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
-                    return Err(ConfigError::new(
-                        "layer.url",
-                        "must start with redis:// or rediss://",
-                    ));
+                Some(url) => {
+                    // The layer's own parser: a bad Sentinel address list fails here, at
+                    // start-up, with the reason.
+                    if let Err(e) = herald_redis::Topology::parse(url) {
+                        let message = match std::error::Error::source(&e) {
+                            Some(why) => format!("{e}: {why}"),
+                            None => e.to_string(),
+                        };
+                        return Err(ConfigError::new("layer.url", message));
+                    }
                 }
-                Some(_) => {}
             }
         }
         if let Some(url) = &self.webhooks.url {
@@ -1276,6 +1282,18 @@ mod tests {
         assert_eq!(e.key, "limits.max_connections");
         let e = load("[layer]\nkind = \"redis\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "layer.url");
+        let e = load(
+            "[layer]\nkind = \"redis\"\nurl = \"redis+sentinel://h1:26379,h2:x/m\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "layer.url");
+        assert!(e.message.contains("port"), "{}", e.message);
+        load(
+            "[layer]\nkind = \"redis\"\nurl = \"redis+sentinel://h1:26379,h2/mymaster/0\"\n",
+            &[],
+        )
+        .expect("a valid sentinel url");
         let e = load("[layer]\nkind = \"postgres\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "layer.kind");
         let e = load("[limits]\nbogus = 1\n", &[]).unwrap_err();

@@ -7,6 +7,15 @@
 //! release the queued live frames, skipping offsets already replayed. Subscribing before
 //! reading history is what makes the replay gap-free; skipping is what makes it
 //! duplicate-free. SSE streams (`sse.rs`) resume through the same `Connection::resume`.
+//!
+//! After that, every live frame is checked exactly ([`classify`]): at or below the replay
+//! horizon it is a replay duplicate (skipped); otherwise it must be the next offset. An
+//! offset at or below the last one sent but above the horizon (offsets went backwards
+//! under one epoch: a failover lost writes), an offset past the next one (a gap: the node
+//! missed messages, e.g. while its Redis subscriber reconnected) and an epoch change all
+//! close the stream with 4400: the client resumes from its exact position, and the
+//! history either replays what it missed or answers `recovered: false`. Never a silent
+//! skip or duplicate; each is counted and logged once per burst.
 
 use std::io;
 use std::sync::Arc;
@@ -49,8 +58,10 @@ pub struct Connection {
     pub(crate) state: Arc<AppState>,
     /// Set once the connection joined its groups in the hub.
     pub(crate) joined: bool,
-    /// Per group: the last offset sent to the client (herald.v1 and SSE).
-    pub(crate) last_sent: Vec<u64>,
+    /// Per group: the last offset sent to the client and the offset up to which the
+    /// resume covered the stream (replayed, or current at a first visit): a live frame
+    /// at or below that horizon is a replay duplicate (herald.v1 and SSE).
+    pub(crate) sent: Vec<Sent>,
     /// Per group: the epoch tag of the history those offsets belong to (herald.v1 and SSE).
     pub(crate) epochs: Vec<u32>,
     /// When the connection's token stops being valid: it is closed with 4003 then.
@@ -129,6 +140,59 @@ pub(crate) async fn refresh_until_refused(
     }
 }
 
+/// Where a `herald.v1` or SSE stream is in one group.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sent {
+    /// The last offset sent to the client.
+    pub(crate) last: u64,
+    /// The offset up to which the resume covered the stream.
+    pub(crate) horizon: u64,
+}
+
+/// What a live frame means for a `herald.v1` or SSE stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LiveFrame {
+    /// The next offset: send it.
+    Send,
+    /// At or below the replay horizon: the replay already sent it. Skip it.
+    Replayed,
+    /// At or below the last offset sent but above the horizon, under the same epoch: the
+    /// group's offsets went backwards (a failover lost acknowledged writes).
+    Regressed,
+    /// Past the next offset: messages are missing in between.
+    Gap,
+    /// Another epoch: the group's history was lost or reset.
+    EpochChanged,
+}
+
+impl LiveFrame {
+    /// The close reason of a frame that resets the stream (under 123 bytes).
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Send | Self::Replayed => "",
+            Self::Regressed => "stream reset: offsets went backwards",
+            Self::Gap => "stream reset: gap in the live stream, resume from history",
+            Self::EpochChanged => "stream reset: history epoch changed",
+        }
+    }
+}
+
+/// Classifies a live frame at `offset` for a stream that sent up to `last` and whose
+/// resume covered up to `horizon` (`horizon <= last`). Pure, so every case is unit-tested.
+pub(crate) fn classify(offset: u64, same_epoch: bool, last: u64, horizon: u64) -> LiveFrame {
+    if !same_epoch {
+        LiveFrame::EpochChanged
+    } else if offset <= horizon {
+        LiveFrame::Replayed
+    } else if offset <= last {
+        LiveFrame::Regressed
+    } else if offset > last.saturating_add(1) {
+        LiveFrame::Gap
+    } else {
+        LiveFrame::Send
+    }
+}
+
 /// Why the main loop ended.
 enum End {
     /// Close with this code and reason, then wait for the peer's close.
@@ -145,7 +209,7 @@ impl Connection {
         let limits = &state.config.limits;
         let (outbox, rx) = Outbox::new(mode, limits.outbox_messages, limits.outbox_bytes);
         let id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let last_sent = vec![0; groups.len()];
+        let sent = vec![Sent::default(); groups.len()];
         let epochs = vec![0; groups.len()];
         Self {
             id,
@@ -154,7 +218,7 @@ impl Connection {
             rx,
             state,
             joined: false,
-            last_sent,
+            sent,
             epochs,
             expires: None,
             pending_auth: None,
@@ -339,8 +403,9 @@ impl Connection {
             // A position the history does not cover, or a first visit, starts from now.
             let recovered = history.recovered && since.is_some();
             replay.extend(history.messages);
-            if let Some(last) = self.last_sent.get_mut(slot) {
-                *last = history.current.offset;
+            if let Some(sent) = self.sent.get_mut(slot) {
+                sent.last = history.current.offset;
+                sent.horizon = history.current.offset;
             }
             if let Some(tag) = self.epochs.get_mut(slot) {
                 *tag = epoch_tag(history.current.epoch.as_str());
@@ -348,6 +413,46 @@ impl Connection {
             currents.push((history.current, recovered || since.is_none()));
         }
         Ok(Resumed { currents, replay })
+    }
+
+    /// Checks a live frame of group `slot` against the stream's position ([`classify`]);
+    /// moves the position on when it is the next one, and counts and logs (once per
+    /// burst) a frame that resets the stream.
+    pub(crate) fn check_live(&mut self, slot: usize, offset: u64, epoch: u32) -> LiveFrame {
+        let (Some(Sent { last, horizon }), Some(&tag)) =
+            (self.sent.get_mut(slot), self.epochs.get(slot))
+        else {
+            // Slots come from this connection's own joins; an unknown one is not ours.
+            return LiveFrame::Replayed;
+        };
+        let horizon = *horizon;
+        let verdict = classify(offset, epoch == tag, *last, horizon);
+        let metrics = &self.state.metrics;
+        let counter = match verdict {
+            LiveFrame::Send => {
+                *last = offset;
+                return verdict;
+            }
+            LiveFrame::Replayed => return verdict,
+            LiveFrame::Gap => &metrics.stream_gaps,
+            LiveFrame::Regressed => &metrics.stream_regressions,
+            LiveFrame::EpochChanged => &metrics.stream_epoch_changes,
+        };
+        Metrics::add(counter, 1);
+        if let Some(resets) = self.state.stream_reset_log.hit() {
+            let group = self.groups.get(slot).map(GroupName::as_str).unwrap_or("");
+            tracing::warn!(
+                conn_id = self.id,
+                group,
+                offset,
+                last = *last,
+                horizon,
+                resets,
+                reason = verdict.reason(),
+                "stream reset (4400); the client resumes from history"
+            );
+        }
+        verdict
     }
 
     /// Checks the token of a `herald.v1` connection (the hello's, else the URL's).
@@ -472,16 +577,13 @@ impl Connection {
                         taken += 1;
                         taken_bytes += frame.frame.len();
                         if mode == Mode::V1 && frame.slot != crate::outbox::CONTROL_SLOT {
-                            let slot = frame.slot as usize;
-                            if self.epochs.get(slot) != Some(&frame.epoch) {
-                                // The group's history was lost (e.g. Redis flushed): offsets
-                                // restarted, so the client must resume and resync.
-                                return End::Close(close::STREAM_RESET, "stream reset: history epoch changed");
-                            }
-                            match self.last_sent.get_mut(slot) {
-                                Some(last) if frame.offset > *last => *last = frame.offset,
-                                // Already replayed from history.
-                                _ => { next = self.rx.try_recv().ok(); continue; }
+                            match self.check_live(frame.slot as usize, frame.offset, frame.epoch) {
+                                LiveFrame::Send => {}
+                                LiveFrame::Replayed => { next = self.rx.try_recv().ok(); continue; }
+                                reset => {
+                                    self.rx.release(taken, taken_bytes);
+                                    return End::Close(close::STREAM_RESET, reset.reason());
+                                }
                             }
                         }
                         bytes += frame.frame.len();
@@ -673,6 +775,58 @@ async fn finish(end: End, rd: &mut ReadHalf<Io>, wr: &mut WriteHalf<Io>, reader:
                 .await;
                 let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_offset_is_sent() {
+        assert_eq!(classify(11, true, 10, 10), LiveFrame::Send);
+        assert_eq!(classify(15, true, 14, 10), LiveFrame::Send);
+    }
+
+    #[test]
+    fn replay_duplicates_are_skipped() {
+        // Resumed at 10: live frames queued meanwhile up to 10 were replayed.
+        assert_eq!(classify(3, true, 10, 10), LiveFrame::Replayed);
+        assert_eq!(classify(10, true, 10, 10), LiveFrame::Replayed);
+        assert_eq!(classify(10, true, 14, 10), LiveFrame::Replayed);
+        // A reset notice (offset 0) under the stream's own epoch says nothing new.
+        assert_eq!(classify(0, true, 14, 10), LiveFrame::Replayed);
+    }
+
+    #[test]
+    fn offsets_going_backwards_above_the_horizon_reset() {
+        assert_eq!(classify(11, true, 14, 10), LiveFrame::Regressed);
+        assert_eq!(classify(14, true, 14, 10), LiveFrame::Regressed);
+    }
+
+    #[test]
+    fn a_gap_resets() {
+        assert_eq!(classify(12, true, 10, 10), LiveFrame::Gap);
+        assert_eq!(classify(u64::MAX, true, u64::MAX - 2, 0), LiveFrame::Gap);
+        // No overflow at the top of the range.
+        assert_eq!(classify(u64::MAX, true, u64::MAX, 0), LiveFrame::Regressed);
+    }
+
+    #[test]
+    fn another_epoch_resets_whatever_the_offset() {
+        assert_eq!(classify(11, false, 10, 10), LiveFrame::EpochChanged);
+        assert_eq!(classify(0, false, 10, 10), LiveFrame::EpochChanged);
+    }
+
+    #[test]
+    fn reasons_fit_a_close_frame() {
+        for v in [
+            LiveFrame::Regressed,
+            LiveFrame::Gap,
+            LiveFrame::EpochChanged,
+        ] {
+            assert!(!v.reason().is_empty() && v.reason().len() <= 123);
         }
     }
 }

@@ -34,6 +34,13 @@ pub struct Member {
     outbox: Outbox,
 }
 
+impl Member {
+    /// Whether the member speaks plain mode: it never gets stream-reset notices.
+    pub fn is_plain(&self) -> bool {
+        self.outbox.shared().mode() == Mode::Plain
+    }
+}
+
 /// What a join changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Joined {

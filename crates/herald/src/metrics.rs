@@ -234,6 +234,13 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// Connections dropped for missing heartbeats.
     pub heartbeat_timeouts: AtomicU64,
+    /// `herald.v1`/SSE streams closed with 4400 because a live offset skipped ahead (a
+    /// gap: the node missed messages, e.g. while its Redis subscriber reconnected).
+    pub stream_gaps: AtomicU64,
+    /// The same, because a live offset went backwards under the same epoch (lost writes).
+    pub stream_regressions: AtomicU64,
+    /// The same, because the group's epoch changed (history lost or reset).
+    pub stream_epoch_changes: AtomicU64,
     /// Connections refused at connect for a token or origin (4501, 4003, 4503).
     pub auth_refusals: AtomicU64,
     /// Connections closed with 4003 because their token expired while open.
@@ -390,6 +397,21 @@ impl Metrics {
                 "herald_heartbeat_timeouts_total",
                 "Connections dropped for missing heartbeats.",
                 &self.heartbeat_timeouts,
+            ),
+            (
+                "herald_stream_gaps_total",
+                "herald.v1/SSE streams reset (4400) because live offsets skipped ahead; the client resumes from history.",
+                &self.stream_gaps,
+            ),
+            (
+                "herald_stream_regressions_total",
+                "herald.v1/SSE streams reset (4400) because live offsets went backwards under one epoch.",
+                &self.stream_regressions,
+            ),
+            (
+                "herald_stream_epoch_changes_total",
+                "herald.v1/SSE streams reset (4400) because their group's epoch changed.",
+                &self.stream_epoch_changes,
             ),
             (
                 "herald_auth_refusals_total",

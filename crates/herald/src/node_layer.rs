@@ -235,6 +235,11 @@ impl NodeLayer {
                         u64::try_from(s.probe_round_trip.as_micros()).unwrap_or(u64::MAX),
                     ),
                     (
+                        "herald_redis_lost_writes_total",
+                        "Groups whose acknowledged writes Redis lost (a failover), given a new epoch so their clients reset.",
+                        s.lost_writes,
+                    ),
+                    (
                         "herald_redis_decode_errors_total",
                         "Malformed messages read from Redis and skipped.",
                         s.decode_errors,

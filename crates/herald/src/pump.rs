@@ -46,13 +46,19 @@ pub(crate) async fn run(
 }
 
 /// Delivers `batch` run by run (consecutive messages of one group), each to a snapshot
-/// of the group's members, in slices.
+/// of the group's members, in slices. A stream-reset notice (offset 0, see
+/// `herald_redis::reset_notice`) is a run of its own and goes to `herald.v1` and SSE
+/// members only: its epoch closes their streams with 4400; plain mode has no streams.
 pub(crate) async fn deliver(hub: &Hub, batch: &[herald_core::Message]) -> Delivered {
     let mut total = Delivered::default();
-    for run in batch.chunk_by(|a, b| a.group == b.group) {
-        let Some(members) = hub.snapshot(&run[0].group) else {
+    for run in batch.chunk_by(|a, b| a.group == b.group && (a.offset == 0) == (b.offset == 0)) {
+        let Some(mut members) = hub.snapshot(&run[0].group) else {
             continue;
         };
+        if run[0].offset == 0 {
+            let streams: Vec<_> = members.iter().filter(|m| !m.is_plain()).cloned().collect();
+            members = Arc::new(streams);
+        }
         let inline = members.len() <= INLINE_MAX_MEMBERS;
         let mut encoded = Encoded::new(run);
         let sliced = members.len() > FANOUT_SLICE;
@@ -75,6 +81,34 @@ mod tests {
     use crate::outbox::{Mode, Outbox};
     use herald_core::{Epoch, GroupName, Message, Payload};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stream-reset notice (offset 0) reaches `herald.v1` and SSE members, never a
+    /// plain-mode one (whose clients would take it for a message).
+    #[tokio::test]
+    async fn reset_notices_skip_plain_members() {
+        let hub = Hub::new(Arc::default());
+        let g = GroupName::new("g").unwrap();
+        let mut receivers = Vec::new();
+        for (id, mode) in [Mode::Plain, Mode::V1, Mode::Sse].into_iter().enumerate() {
+            let (outbox, rx) = Outbox::new(mode, 16, 1 << 20);
+            hub.join(&g, id as u64, 0, &outbox);
+            receivers.push(rx);
+        }
+        let at = |offset| Message {
+            group: g.clone(),
+            offset,
+            epoch: Epoch::new("e"),
+            payload: Payload::text("x"),
+            received_at: None,
+        };
+        deliver(&hub, &[at(1), at(0), at(2)]).await;
+        let offsets = |rx: &mut crate::outbox::OutboxReceiver| {
+            std::iter::from_fn(|| rx.try_recv().ok().map(|f| f.offset)).collect::<Vec<_>>()
+        };
+        assert_eq!(offsets(&mut receivers[0]), vec![1, 2], "plain");
+        assert_eq!(offsets(&mut receivers[1]), vec![1, 0, 2], "herald.v1");
+        assert_eq!(offsets(&mut receivers[2]), vec![1, 0, 2], "sse");
+    }
 
     /// On one thread, a join waiting behind a large fan-out runs between its slices, not
     /// after the whole fan-out.

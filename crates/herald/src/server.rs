@@ -94,6 +94,8 @@ pub(crate) struct AppState {
     pub(crate) django: Option<herald_django::DjangoBridge>,
     /// Log lines for request bodies cut off as too slow, one per burst.
     pub(crate) body_timeout_log: BurstLog,
+    /// Streams reset (4400) for a gap, a regression or an epoch change: one line a burst.
+    pub(crate) stream_reset_log: BurstLog,
     /// Log lines for browser publishes refused on an open API, one per burst.
     pub(crate) origin_refused_log: BurstLog,
     /// The `/admin/` side, when `[admin] key` is set.
@@ -264,6 +266,7 @@ pub async fn serve(
         per_ip: Mutex::new(HashMap::new()),
         django: django.clone(),
         body_timeout_log: BurstLog::default(),
+        stream_reset_log: BurstLog::default(),
         origin_refused_log: BurstLog::default(),
         route_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),
         route_sse_connections: (0..routes_len).map(|_| AtomicI64::new(0)).collect(),

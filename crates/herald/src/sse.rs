@@ -40,6 +40,11 @@
 //! not cover (trimmed, a future offset, another epoch) gets `event: resync`. Groups the
 //! id does not name start from now.
 //!
+//! Live events are checked exactly like a `herald.v1` WebSocket's frames
+//! (`connection::classify`): a gap, offsets going backwards or another epoch end the
+//! stream with `event: close` and code 4400, and the browser's reconnect resumes from the
+//! last id, getting the missing events replayed or `event: resync`.
+//!
 //! # Refusals
 //!
 //! SSE has no close codes: refusals are HTTP statuses with the JSON error body, mapped
@@ -69,7 +74,7 @@ use tokio::time::{Duration, Instant, timeout};
 use crate::api::ApiError;
 use crate::client_ip;
 use crate::close;
-use crate::connection::{Connection, next_tick, refresh_until_refused};
+use crate::connection::{Connection, LiveFrame, next_tick, refresh_until_refused};
 use crate::metrics::Metrics;
 use crate::outbox::Mode;
 use crate::protocol::encode_sse;
@@ -377,7 +382,7 @@ impl hyper::body::Body for EventBody {
 struct Stream {
     connection: Connection,
     tx: mpsc::Sender<Bytes>,
-    /// Per group: the last offset the client was sent (mirrors `connection.last_sent`).
+    /// Per group: the last offset the client was sent (mirrors `connection.sent`).
     positions: Vec<u64>,
     /// Per group: the epoch of those offsets, written into every id.
     epochs: Vec<Epoch>,
@@ -477,15 +482,14 @@ impl Stream {
                         taken += 1;
                         taken_bytes += frame.frame.len();
                         let slot = frame.slot as usize;
-                        if self.connection.epochs.get(slot) != Some(&frame.epoch) {
-                            // The group's history was lost: the client resumes and resyncs.
-                            self.connection.rx.release(taken, taken_bytes);
-                            return End::Close(close::STREAM_RESET, "stream reset: history epoch changed");
-                        }
-                        match self.connection.last_sent.get_mut(slot) {
-                            Some(last) if frame.offset > *last => *last = frame.offset,
-                            // Already replayed from history.
-                            _ => { next = self.connection.rx.try_recv().ok(); continue; }
+                        // The same exact check as a `herald.v1` WebSocket (`classify`).
+                        match self.connection.check_live(slot, frame.offset, frame.epoch) {
+                            LiveFrame::Send => {}
+                            LiveFrame::Replayed => { next = self.connection.rx.try_recv().ok(); continue; }
+                            reset => {
+                                self.connection.rx.release(taken, taken_bytes);
+                                return End::Close(close::STREAM_RESET, reset.reason());
+                            }
                         }
                         if let Some(p) = self.positions.get_mut(slot) {
                             *p = frame.offset;
