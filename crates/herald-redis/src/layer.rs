@@ -12,16 +12,18 @@ use herald_core::{
     Position, Presence, Published,
 };
 use redis::ConnectionAddr;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::command::Commands;
+use crate::cluster::{self, ClusterState};
 use crate::keys::Keys;
 use crate::presence;
 use crate::probe::Probe;
 use crate::scripts::{self, Limits, ScriptError};
 use crate::subscriber::{self, SubscriberWriter};
+use crate::topology::{self, Topology};
 use crate::{RedisLayerConfig, RedisLayerError, supervisor};
 
 /// Most messages sent in one script call by `publish_batch`: bounds how long one call
@@ -53,7 +55,10 @@ impl Drop for Inner {
 /// State shared by the handles and the supervisor task.
 pub(crate) struct Shared {
     pub(crate) config: RedisLayerConfig,
+    /// The client of a single Redis; unused (never connected) in cluster mode.
     pub(crate) client: redis::Client,
+    /// Redis Cluster mode (`redis+cluster://`): the slot map and the shard connections.
+    pub(crate) cluster: Option<ClusterState>,
     pub(crate) keys: Keys,
     limits: Limits,
     pub(crate) tx: mpsc::Sender<Message>,
@@ -62,7 +67,7 @@ pub(crate) struct Shared {
     wanted: Mutex<HashSet<GroupName>>,
     /// The command connection of the current session and that session's number; `None`
     /// while disconnected, which makes commands fail fast.
-    command: Mutex<Option<(u64, MultiplexedConnection)>>,
+    command: Mutex<Option<(u64, Commands)>>,
     /// The subscriber connection's write half, `None` while disconnected. An async lock:
     /// it is held across the write of a command so commands go out one at a time.
     pub(crate) subscriber: tokio::sync::Mutex<Option<SubscriberWriter>>,
@@ -77,7 +82,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Counters,
     /// This layer's name among the nodes, as its presence entries are keyed: random per
     /// layer, so a restarted node never revives its former entries.
-    node: String,
+    pub(crate) node: String,
     /// The readiness probe of the pub/sub path.
     pub(crate) probe: Probe,
 }
@@ -135,17 +140,28 @@ impl RedisLayer {
     /// runtime (the background task is spawned on it).
     pub fn new(config: RedisLayerConfig) -> Result<(Self, Incoming), RedisLayerError> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| RedisLayerError::InvalidUrl(Box::new(e)))?;
-        match client.get_connection_info().addr() {
-            ConnectionAddr::Tcp(..) => {}
-            other => return Err(RedisLayerError::UnsupportedAddress(other.to_string())),
-        }
+        let (client, cluster, keys) = match topology::parse(&config.url)? {
+            Topology::Single => {
+                let client = redis::Client::open(config.url.as_str())
+                    .map_err(|e| RedisLayerError::InvalidUrl(Box::new(e)))?;
+                match client.get_connection_info().addr() {
+                    ConnectionAddr::Tcp(..) => {}
+                    other => return Err(RedisLayerError::UnsupportedAddress(other.to_string())),
+                }
+                (client, None, Keys::new(&config.prefix))
+            }
+            Topology::Cluster(url) => {
+                // A placeholder the cluster supervisor never connects.
+                let client = redis::Client::open("redis://127.0.0.1:6379/0")
+                    .map_err(|e| RedisLayerError::InvalidUrl(Box::new(e)))?;
+                let cluster = ClusterState::new(url, &config)?;
+                (client, Some(cluster), Keys::sharded(&config.prefix))
+            }
+        };
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             RedisLayerError::InvalidConfig("RedisLayer::new must be called inside a Tokio runtime")
         })?;
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
-        let keys = Keys::new(&config.prefix);
         // Random per layer: nodes sharing a prefix never answer each other's probes.
         let node = format!("{:016x}", fastrand::u64(..));
         let probe = Probe::new(keys.probe_channel(&node), config.probe_interval);
@@ -158,6 +174,7 @@ impl RedisLayer {
                 config.history.max_bytes,
             ),
             client,
+            cluster,
             tx,
             wanted: Mutex::default(),
             command: Mutex::default(),
@@ -201,9 +218,25 @@ impl RedisLayer {
             received: c.received.get(),
             decode_errors: c.decode_errors.get(),
             unavailable: c.unavailable.get(),
-            probe_failures: self.inner.shared.probe.failures.get(),
+            probe_failures: self.inner.shared.probe.failures.get().saturating_add(
+                self.inner
+                    .shared
+                    .cluster
+                    .as_ref()
+                    .map_or(0, ClusterState::probe_failures),
+            ),
             probe_round_trip: self.inner.shared.probe.round_trip(),
         }
+    }
+
+    /// Per-shard figures of a Redis Cluster layer (one entry per shard of the current slot
+    /// map); empty on a single Redis.
+    pub fn shard_stats(&self) -> Vec<crate::ShardStats> {
+        self.inner
+            .shared
+            .cluster
+            .as_ref()
+            .map_or_else(Vec::new, ClusterState::shard_stats)
     }
 
     /// This layer's node id: random per layer, the field of its presence entries.
@@ -259,9 +292,17 @@ impl RedisLayer {
     ) -> Result<Vec<Published>, (usize, LayerError)> {
         let mut published = Vec::with_capacity(items.len());
         for chunk in items.chunks(BATCH_CHUNK) {
-            match self.publish_chunk(chunk, window).await {
-                Ok(mut done) => published.append(&mut done),
-                Err(e) => return Err((published.len(), e)),
+            // On Redis Cluster one script call may only touch one slot's keys.
+            let runs = match self.inner.shared.cluster {
+                Some(_) => ClusterState::slot_runs(&self.inner.shared, chunk),
+                None => std::iter::once(0..chunk.len()).collect(),
+            };
+            for run in runs {
+                let Some(part) = chunk.get(run) else { continue };
+                match self.publish_chunk(part, window).await {
+                    Ok(mut done) => published.append(&mut done),
+                    Err(e) => return Err((published.len(), e)),
+                }
             }
         }
         Ok(published)
@@ -331,7 +372,7 @@ impl Layer for RedisLayer {
     async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).insert(group.clone());
-        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
+        apply(&self.inner.shared, std::slice::from_ref(group)).await
     }
 
     /// Records the group as unwanted (nothing more is delivered for it from now on) and,
@@ -341,7 +382,7 @@ impl Layer for RedisLayer {
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).remove(group);
-        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
+        apply(&self.inner.shared, std::slice::from_ref(group)).await
     }
 
     /// Records all the changes at once and applies them in one write and one round trip:
@@ -364,7 +405,7 @@ impl Layer for RedisLayer {
             }
         }
         let groups: Vec<GroupName> = subscribe.iter().chain(unsubscribe).cloned().collect();
-        subscriber::apply(&self.inner.shared, &groups).await
+        apply(&self.inner.shared, &groups).await
     }
 
     async fn history(
@@ -420,7 +461,12 @@ impl Layer for RedisLayer {
         self.check_open()?;
         let shared = &self.inner.shared;
         let (session, mut conn) = shared.command_connection()?;
-        let call = presence::occupy(&mut conn, &shared.keys, group);
+        let call = async {
+            match shared.cluster {
+                Some(_) => cluster::presence::occupy(&mut conn, &shared.keys, group).await,
+                None => presence::occupy(&mut conn, &shared.keys, group).await,
+            }
+        };
         match tokio::time::timeout(shared.config.command_timeout, call).await {
             Ok(Ok(won)) => Ok(won),
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
@@ -433,7 +479,12 @@ impl Layer for RedisLayer {
         self.check_open()?;
         let shared = &self.inner.shared;
         let (session, mut conn) = shared.command_connection()?;
-        let call = presence::vacate(&mut conn, &shared.keys, group, delay);
+        let call = async {
+            match shared.cluster {
+                Some(_) => cluster::presence::vacate(&mut conn, &shared.keys, group, delay).await,
+                None => presence::vacate(&mut conn, &shared.keys, group, delay).await,
+            }
+        };
         match tokio::time::timeout(shared.config.command_timeout, call).await {
             Ok(Ok(won)) => Ok(won),
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
@@ -458,6 +509,16 @@ impl Layer for RedisLayer {
         !self.inner.cancel.is_cancelled()
             && self.inner.shared.ready.load(Ordering::Acquire)
             && self.inner.shared.probe.is_healthy()
+            && (self.inner.shared.cluster.as_ref()).is_none_or(ClusterState::is_healthy)
+    }
+}
+
+/// Applies a change of the wanted set to the subscriber connection, or on Redis Cluster to
+/// the shard connections.
+async fn apply(shared: &Shared, groups: &[GroupName]) -> Result<(), LayerError> {
+    match &shared.cluster {
+        Some(state) => cluster::apply(shared, state, groups).await,
+        None => subscriber::apply(shared, groups).await,
     }
 }
 
@@ -492,7 +553,8 @@ impl Shared {
     }
 
     /// Installs a new session's command connection; returns the session number.
-    pub(crate) fn install_command(&self, conn: MultiplexedConnection) -> u64 {
+    pub(crate) fn install_command(&self, conn: impl Into<Commands>) -> u64 {
+        let conn = conn.into();
         // Relaxed: the number is only compared, and it is published under the mutex below.
         let session = self.session.fetch_add(1, Ordering::Relaxed) + 1;
         *lock(&self.command) = Some((session, conn));
@@ -513,7 +575,7 @@ impl Shared {
         self.lost_session.load(Ordering::Acquire)
     }
 
-    fn command_connection(&self) -> Result<(u64, MultiplexedConnection), LayerError> {
+    fn command_connection(&self) -> Result<(u64, Commands), LayerError> {
         // A clone shares the one multiplexed connection.
         match lock(&self.command).as_ref() {
             Some((session, conn)) => Ok((*session, conn.clone())),

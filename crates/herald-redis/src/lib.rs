@@ -89,6 +89,7 @@
 //! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
 //! - `config.rs`, `error.rs`: [`RedisLayerConfig`] and [`RedisLayerError`].
 
+mod cluster;
 mod config;
 mod envelope;
 mod error;
@@ -100,7 +101,9 @@ pub mod resp;
 mod scripts;
 mod subscriber;
 mod supervisor;
+mod topology;
 
+pub use cluster::ShardStats;
 pub use config::RedisLayerConfig;
 pub use error::RedisLayerError;
 pub use layer::{RedisLayer, RedisStats};

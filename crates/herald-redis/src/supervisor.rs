@@ -16,6 +16,10 @@ use herald_core::Backoff;
 /// Runs until `cancel` fires. Holds the shared state only through this task's lifetime;
 /// the layer handles own `cancel`, so dropping the last handle ends the task.
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    if shared.cluster.is_some() {
+        // Redis Cluster: its own supervisor (`cluster/mod.rs`).
+        return crate::cluster::run(shared, cancel).await;
+    }
     let config = &shared.config;
     let mut backoff = Backoff::new(config.reconnect_min_delay, config.reconnect_max_delay);
     let mut ever_connected = false;

@@ -244,7 +244,7 @@ enum Startup {
     Failed(String),
 }
 
-fn find_binary() -> PathBuf {
+pub(crate) fn find_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("HERALD_REDIS_SERVER") {
         let path = PathBuf::from(path);
         assert!(
@@ -272,7 +272,7 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn make_dir() -> PathBuf {
+pub(crate) fn make_dir() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     // Relaxed: the counter only has to be unique within this process.
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +286,7 @@ fn make_dir() -> PathBuf {
 }
 
 /// A port that was free a moment ago (see the module doc for the race this leaves).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
         let port = listener
@@ -300,7 +300,7 @@ fn free_port() -> u16 {
 }
 
 /// One raw `PING` over a short-lived connection; `true` on `+PONG`.
-fn ping(port: u16) -> bool {
+pub(crate) fn ping(port: u16) -> bool {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;

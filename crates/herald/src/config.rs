@@ -299,7 +299,9 @@ impl Default for HookConfig {
 pub struct LayerConfig {
     /// `memory` (default, one process) or `redis` (several nodes).
     pub kind: LayerKind,
-    /// Redis URL, `redis://host:port/db`; required when `kind = "redis"`.
+    /// Redis URL, `redis://host:port/db`, or `redis+cluster://h1:7000,h2:7001` for a Redis
+    /// Cluster (sharded pub/sub, one subscriber connection per shard); required when
+    /// `kind = "redis"`.
     pub url: Option<String>,
     /// Prefix of every Redis key and channel. Default `herald`.
     pub prefix: String,
@@ -853,10 +855,14 @@ impl Config {
                         "required when layer.kind = \"redis\"",
                     ));
                 }
-                Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+                Some(url)
+                    if !(url.starts_with("redis://")
+                        || url.starts_with("rediss://")
+                        || url.starts_with("redis+cluster://")) =>
+                {
                     return Err(ConfigError::new(
                         "layer.url",
-                        "must start with redis:// or rediss://",
+                        "must start with redis://, rediss:// or redis+cluster://",
                     ));
                 }
                 Some(_) => {}
