@@ -60,7 +60,7 @@ pub(crate) struct Shared {
     /// Redis Cluster mode (`redis+cluster://`): the slot map and the shard connections.
     pub(crate) cluster: Option<ClusterState>,
     pub(crate) keys: Keys,
-    limits: Limits,
+    pub(crate) limits: Limits,
     pub(crate) tx: mpsc::Sender<Message>,
     /// The groups this node wants delivered, whatever the connection state: the truth the
     /// subscriber connection is brought in line with.

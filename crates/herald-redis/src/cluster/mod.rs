@@ -13,6 +13,7 @@
 //! that connection.
 
 pub(crate) mod command;
+pub(crate) mod gap;
 pub(crate) mod presence;
 pub(crate) mod shard;
 pub(crate) mod slots;
@@ -60,6 +61,8 @@ pub(crate) struct ClusterState {
     moved: Mutex<HashSet<GroupName>>,
     /// Probe failures of shards no longer in the map.
     retired_probe_failures: AtomicU64,
+    /// The last position delivered per wanted group, for gap repair (`gap.rs`).
+    pub(crate) positions: gap::Positions,
 }
 
 /// The slot map and the writers of the shard connections.
@@ -104,6 +107,10 @@ pub struct ShardStats {
     pub probe_round_trip: Duration,
     /// Subscriber connections to this shard re-made after a loss.
     pub reconnects: u64,
+    /// Delivery gaps (a moved subscription, skipped offsets) repaired from history.
+    pub gap_fills: u64,
+    /// Delivery gaps history could not cover, or whose read failed.
+    pub gap_fill_failures: u64,
 }
 
 impl ClusterState {
@@ -147,6 +154,7 @@ impl ClusterState {
             refresh: Notify::new(),
             moved: Mutex::default(),
             retired_probe_failures: AtomicU64::new(0),
+            positions: gap::Positions::default(),
         })
     }
 
@@ -182,6 +190,8 @@ impl ClusterState {
                 probe_failures: h.probe.failures.get(),
                 probe_round_trip: h.probe.round_trip(),
                 reconnects: h.reconnects.load(Ordering::Relaxed),
+                gap_fills: h.gap_fills.load(Ordering::Relaxed),
+                gap_fill_failures: h.gap_fill_failures.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -228,6 +238,7 @@ pub(crate) async fn apply(
         let mut shards = cluster.shards.lock().await;
         write_changes(shared, &mut shards, groups.iter()).await
     };
+    cluster.positions.forget(shared, groups);
     let all = async {
         for rx in waits {
             // A dropped sender means the connection went: its reconnect applies the set.
@@ -366,6 +377,7 @@ async fn go_down(cluster: &ClusterState) {
     let mut shards = cluster.shards.lock().await;
     shards.map = None;
     shards.writers.clear();
+    cluster.positions.clear();
 }
 
 /// The shard tasks of one session.

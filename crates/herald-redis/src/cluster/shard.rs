@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::{Backoff, GroupName};
+use herald_core::{Backoff, GroupName, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::command::Commands;
+use super::gap;
 use super::slots::ShardKey;
 use crate::envelope;
 use crate::layer::Shared;
@@ -87,6 +88,8 @@ pub(crate) struct ShardHealth {
     pub(crate) probed: bool,
     /// Connections made to this shard after the first.
     pub(crate) reconnects: AtomicU64,
+    pub(crate) gap_fills: AtomicU64,
+    pub(crate) gap_fill_failures: AtomicU64,
 }
 
 impl ShardHealth {
@@ -98,7 +101,18 @@ impl ShardHealth {
             probe: Probe::new(probe_channel.unwrap_or_default(), interval),
             probed,
             reconnects: AtomicU64::new(0),
+            gap_fills: AtomicU64::new(0),
+            gap_fill_failures: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn count_gap_fill(&self, covered: bool) {
+        let counter = if covered {
+            &self.gap_fills
+        } else {
+            &self.gap_fill_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn is_healthy(&self) -> bool {
@@ -342,8 +356,9 @@ async fn session(
         shards.writers.insert(health.key.clone(), writer);
     }
     health.probe.reset();
+    let mut history = commands.clone();
     tokio::select! {
-        end = read_loop(shared, health, reader, token) => end,
+        end = read_loop(shared, health, reader, &mut history, token) => end,
         () = probe_loop(shared, health, commands.clone()) => End::Lost,
     }
 }
@@ -374,6 +389,7 @@ async fn read_loop(
     shared: &Shared,
     health: &ShardHealth,
     reader: &mut ShardReader,
+    commands: &mut Commands,
     token: &CancellationToken,
 ) -> End {
     let interval = shared.config.health_check_interval;
@@ -384,7 +400,7 @@ async fn read_loop(
         loop {
             match resp::parse(&mut reader.buf) {
                 Ok(Some(frame)) => {
-                    if handle_frame(shared, health, &reader.replies, frame, token).await
+                    if handle_frame(shared, health, &reader.replies, commands, frame, token).await
                         == Some(End::Closed)
                     {
                         return End::Closed;
@@ -448,6 +464,7 @@ async fn handle_frame(
     shared: &Shared,
     health: &ShardHealth,
     replies: &Replies,
+    commands: &mut Commands,
     frame: Frame,
     token: &CancellationToken,
 ) -> Option<End> {
@@ -461,7 +478,7 @@ async fn handle_frame(
             match &kind[..] {
                 b"smessage" => match (items.next(), items.next()) {
                     (Some(Frame::Bulk(Some(channel))), Some(Frame::Bulk(Some(data)))) => {
-                        deliver(shared, health, &channel, data, token).await
+                        deliver(shared, health, commands, &channel, data, token).await
                     }
                     _ => {
                         shared.stats.decode_errors.increment();
@@ -476,7 +493,14 @@ async fn handle_frame(
                     sunsubscribed(shared, health, replies, &channel);
                     None
                 }
-                b"ssubscribe" | b"pong" => {
+                b"ssubscribe" => {
+                    // A confirmed re-subscription: first what it missed (`gap.rs`).
+                    match answer(health, replies) {
+                        Some(group) => resubscribed(shared, health, commands, group, token).await,
+                        None => None,
+                    }
+                }
+                b"pong" => {
                     answer(health, replies);
                     None
                 }
@@ -550,12 +574,54 @@ fn refused(shared: &Shared, health: &ShardHealth, replies: &Replies, error: &[u8
     }
 }
 
-/// Resolves the oldest command waiting for its answer.
-fn answer(health: &ShardHealth, replies: &Replies) {
-    let front = lock(replies).pop_front();
-    if let Some(expected) = front {
-        release(health, expected.reply);
+/// Resolves the oldest command waiting for its answer; returns the group it subscribed,
+/// if it was an `SSUBSCRIBE` of a group.
+fn answer(health: &ShardHealth, replies: &Replies) -> Option<GroupName> {
+    let expected = lock(replies).pop_front()?;
+    release(health, expected.reply);
+    if expected.unsubscribe {
+        None
+    } else {
+        expected.group
     }
+}
+
+/// A group's subscription on this shard is confirmed: if this node delivered the group
+/// before, what was published since comes from history first.
+async fn resubscribed(
+    shared: &Shared,
+    health: &ShardHealth,
+    commands: &mut Commands,
+    group: GroupName,
+    token: &CancellationToken,
+) -> Option<End> {
+    let cluster = shared.cluster.as_ref()?;
+    let since = cluster.positions.last(&group)?;
+    let missed = gap::fill(shared, health, commands, &group, &since, None).await;
+    hand_over(shared, missed, token).await
+}
+
+/// Hands messages to `Incoming` in order, waiting for room, remembering each position.
+async fn hand_over(
+    shared: &Shared,
+    messages: Vec<Message>,
+    token: &CancellationToken,
+) -> Option<End> {
+    for message in messages {
+        if let Some(cluster) = shared.cluster.as_ref() {
+            cluster.positions.record(shared, &message);
+        }
+        tokio::select! {
+            () = token.cancelled() => return Some(End::Closed),
+            permit = shared.tx.reserve() => {
+                // An error means nobody reads `Incoming` any more.
+                if let Ok(permit) = permit {
+                    permit.send(message);
+                }
+            }
+        }
+    }
+    None
 }
 
 fn release(health: &ShardHealth, reply: Reply) {
@@ -573,6 +639,7 @@ fn release(health: &ShardHealth, reply: Reply) {
 async fn deliver(
     shared: &Shared,
     health: &ShardHealth,
+    commands: &mut Commands,
     channel: &[u8],
     data: Bytes,
     token: &CancellationToken,
@@ -591,13 +658,17 @@ async fn deliver(
         }
     };
     shared.stats.received.increment();
-    tokio::select! {
-        () = token.cancelled() => Some(End::Closed),
-        permit = shared.tx.reserve() => {
-            if let Ok(permit) = permit {
-                permit.send(message);
-            }
-            None
-        }
+    let mut batch = Vec::new();
+    if let Some(last) = shared
+        .cluster
+        .as_ref()
+        .and_then(|c| c.positions.last(&message.group))
+        && last.epoch == message.epoch
+        && message.offset > last.offset.saturating_add(1)
+    {
+        let upto = message.offset.saturating_sub(1);
+        batch = gap::fill(shared, health, commands, &message.group, &last, Some(upto)).await;
     }
+    batch.push(message);
+    hand_over(shared, batch, token).await
 }
