@@ -106,6 +106,12 @@ pub struct RedisStats {
     pub probe_failures: u64,
     /// The last probe's round trip through Redis pub/sub (zero before the first).
     pub probe_round_trip: Duration,
+    /// Redis Cluster: delivery gaps (a subscription that moved shards, skipped offsets)
+    /// repaired from history. Always 0 on a single Redis.
+    pub gap_fills: u64,
+    /// Redis Cluster: delivery gaps history could not cover (left to the connections'
+    /// own checks), or whose history read failed.
+    pub gap_fill_failures: u64,
 }
 
 /// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
@@ -226,6 +232,13 @@ impl RedisLayer {
                     .map_or(0, ClusterState::probe_failures),
             ),
             probe_round_trip: self.inner.shared.probe.round_trip(),
+            gap_fills: self.inner.shared.cluster.as_ref().map_or(0, |c| {
+                c.gap_fills.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            gap_fill_failures: self.inner.shared.cluster.as_ref().map_or(0, |c| {
+                c.gap_fill_failures
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
         }
     }
 

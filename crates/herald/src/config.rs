@@ -1277,6 +1277,21 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_cluster_url_is_accepted() {
+        let c = load(
+            "[layer]\nkind = \"redis\"\nurl = \"redis+cluster://10.0.0.5:7000,10.0.0.6:7001\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.layer.url.as_deref(),
+            Some("redis+cluster://10.0.0.5:7000,10.0.0.6:7001")
+        );
+        let e = load("[layer]\nkind = \"redis\"\nurl = \"cluster://h:1\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "layer.url");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load("[limits]\nmax_connections = \"lots\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "limits.max_connections");

@@ -570,3 +570,34 @@ async fn a_frozen_shard_makes_readyz_503_within_two_probe_intervals() {
     node.wait_ready(Duration::from_secs(20)).await;
     eprintln!("frozen shard: /readyz 503 after {took:?}");
 }
+
+#[tokio::test]
+async fn a_bad_cluster_url_stops_startup_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("herald-cluster-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config_path = dir.join("herald.toml");
+    std::fs::write(
+        &config_path,
+        "[layer]\nkind = \"redis\"\nurl = \"redis+cluster://127.0.0.1:7000,127.0.0.1\"\n",
+    )
+    .expect("write config");
+    let run = tokio::process::Command::new(support::herald_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("herald exits by itself")
+        .expect("herald runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("invalid redis+cluster url") && stderr.contains("has no port"),
+        "{stderr}"
+    );
+}

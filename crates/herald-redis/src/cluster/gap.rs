@@ -96,10 +96,21 @@ pub(crate) async fn fill(
     since: &Position,
     upto: Option<u64>,
 ) -> Vec<Message> {
+    let count = |covered: bool| {
+        health.count_gap_fill(covered);
+        if let Some(cluster) = shared.cluster.as_ref() {
+            let total = if covered {
+                &cluster.gap_fills
+            } else {
+                &cluster.gap_fill_failures
+            };
+            total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     let read = scripts::history(commands, &shared.keys, shared.limits, group, Some(since));
     match tokio::time::timeout(shared.config.command_timeout, read).await {
         Ok(Ok(history)) if history.recovered && history.current.epoch == since.epoch => {
-            health.count_gap_fill(true);
+            count(true);
             let messages: Vec<Message> = history
                 .messages
                 .into_iter()
@@ -111,17 +122,17 @@ pub(crate) async fn fill(
             messages
         }
         Ok(Ok(_)) => {
-            health.count_gap_fill(false);
+            count(false);
             tracing::warn!(prefix = %shared.config.prefix, %group, from = since.offset, "history does not cover a delivery gap; connections will see it");
             Vec::new()
         }
         Ok(Err(e)) => {
-            health.count_gap_fill(false);
+            count(false);
             tracing::warn!(prefix = %shared.config.prefix, %group, error = %e, "reading history to fill a delivery gap failed");
             Vec::new()
         }
         Err(_) => {
-            health.count_gap_fill(false);
+            count(false);
             tracing::warn!(prefix = %shared.config.prefix, %group, "reading history to fill a delivery gap timed out");
             Vec::new()
         }

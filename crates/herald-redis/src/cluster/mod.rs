@@ -63,6 +63,9 @@ pub(crate) struct ClusterState {
     retired_probe_failures: AtomicU64,
     /// The last position delivered per wanted group, for gap repair (`gap.rs`).
     pub(crate) positions: gap::Positions,
+    /// Gaps repaired from history, and gaps it could not cover (totals of the layer).
+    pub(crate) gap_fills: AtomicU64,
+    pub(crate) gap_fill_failures: AtomicU64,
 }
 
 /// The slot map and the writers of the shard connections.
@@ -155,6 +158,8 @@ impl ClusterState {
             moved: Mutex::default(),
             retired_probe_failures: AtomicU64::new(0),
             positions: gap::Positions::default(),
+            gap_fills: AtomicU64::new(0),
+            gap_fill_failures: AtomicU64::new(0),
         })
     }
 
