@@ -307,7 +307,7 @@ impl RedisLayer {
         for chunk in items.chunks(BATCH_CHUNK) {
             // On Redis Cluster one script call may only touch one slot's keys.
             let runs = match self.inner.shared.cluster {
-                Some(_) => ClusterState::slot_runs(&self.inner.shared, chunk),
+                Some(_) => ClusterState::slot_runs(&self.inner.shared.keys, chunk),
                 None => std::iter::once(0..chunk.len()).collect(),
             };
             for run in runs {

@@ -117,7 +117,9 @@ pub(crate) async fn fill(
                 .filter(|m| m.offset > since.offset && upto.is_none_or(|u| m.offset <= u))
                 .collect();
             if !messages.is_empty() {
-                tracing::info!(prefix = %shared.config.prefix, %group, from = since.offset, count = messages.len(), "delivered a gap from history");
+                // Debug: a failover re-homes every group of a shard at once; the metric
+                // (`gap_fills`) is what to watch.
+                tracing::debug!(prefix = %shared.config.prefix, %group, from = since.offset, count = messages.len(), "delivered a gap from history");
             }
             messages
         }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use self::command::Commands;
 use self::shard::{Expected, Reply, ShardHealth, ShardWriter};
 use self::slots::{ShardKey, SlotMap};
+use crate::keys::Keys;
 use crate::layer::Shared;
 use crate::resp;
 use crate::subscriber::End;
@@ -212,12 +213,12 @@ impl ClusterState {
     /// Splits `items` into runs of consecutive items on one slot: a script may only touch
     /// one slot's keys. Order is kept, so a failed run leaves exactly the items before it
     /// published.
-    pub(crate) fn slot_runs(shared: &Shared, items: &[KeyedItem]) -> Vec<std::ops::Range<usize>> {
+    pub(crate) fn slot_runs(keys: &Keys, items: &[KeyedItem]) -> Vec<std::ops::Range<usize>> {
         let mut runs = Vec::new();
         let mut start = 0;
         let mut current = None;
         for (i, item) in items.iter().enumerate() {
-            let slot = slots::slot_of(shared.keys.meta(&item.group).as_bytes());
+            let slot = slots::slot_of(keys.meta(&item.group).as_bytes());
             if current.is_some_and(|s| s != slot) {
                 runs.push(start..i);
                 start = i;
@@ -549,4 +550,31 @@ async fn reconcile(
     };
     // Nobody waits for these confirmations: a shard that does not answer fails its probe.
     let _ = write_changes(shared, &mut shards, groups.iter()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{GroupName, KeyedItem, Payload};
+
+    use super::ClusterState;
+    use crate::keys::Keys;
+
+    fn item(group: &str) -> KeyedItem {
+        KeyedItem {
+            group: GroupName::new(group).unwrap(),
+            payload: Payload::text("x"),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn batches_split_into_consecutive_runs_of_one_slot() {
+        let keys = Keys::sharded("p");
+        let items = [item("a"), item("a"), item("b"), item("a")];
+        assert_eq!(
+            ClusterState::slot_runs(&keys, &items),
+            vec![0..2, 2..3, 3..4]
+        );
+        assert!(ClusterState::slot_runs(&keys, &[]).is_empty());
+    }
 }
