@@ -12,8 +12,9 @@ const MAX_HISTORY_AGE: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// Settings of a [`RedisLayer`](crate::RedisLayer).
 #[derive(Clone, Debug)]
 pub struct RedisLayerConfig {
-    /// The Redis server, `redis://[user:password@]host[:port][/db]`. Default
-    /// `redis://127.0.0.1:6379/0`. The database number applies to the history keys only:
+    /// The Redis server, `redis://[user:password@]host[:port][/db]`, or a Redis Cluster,
+    /// `redis+cluster://[user:password@]host:port,host:port` (seed nodes; see the crate
+    /// doc). Default `redis://127.0.0.1:6379/0`. The database number applies to the history keys only:
     /// pub/sub channels are server-wide in Redis, so deployments sharing one Redis must
     /// use distinct prefixes, not just distinct databases.
     pub url: String,

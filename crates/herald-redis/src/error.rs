@@ -14,6 +14,9 @@ pub enum RedisLayerError {
     /// socket). Use a plain `redis://host:port` URL.
     #[error("unsupported redis address: {0}")]
     UnsupportedAddress(String),
+    /// A `redis+cluster://` URL that does not parse; the message says why.
+    #[error("invalid redis+cluster url: {0}")]
+    InvalidClusterUrl(String),
     /// A setting is out of range; the message names it.
     #[error("invalid redis layer config: {0}")]
     InvalidConfig(&'static str),

@@ -10,6 +10,8 @@ use herald_core::GroupName;
 #[derive(Clone, Debug)]
 pub(crate) struct Keys {
     prefix: String,
+    /// Redis Cluster: group channels are shard channels (`SPUBLISH`/`SSUBSCRIBE`).
+    sharded: bool,
 }
 
 /// Suffix of the hash holding a group's epoch (`e`) and last offset (`o`).
@@ -27,7 +29,21 @@ impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            sharded: false,
         }
+    }
+
+    /// The names of a layer on Redis Cluster: the same names, published with `SPUBLISH`.
+    pub(crate) fn sharded(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            sharded: true,
+        }
+    }
+
+    /// Whether group channels are shard channels (Redis Cluster).
+    pub(crate) fn is_sharded(&self) -> bool {
+        self.sharded
     }
 
     /// The hash with the group's epoch and last offset.
@@ -71,6 +87,12 @@ impl Keys {
     /// It has no `{group}` part, so it never parses as a group's channel.
     pub(crate) fn probe_channel(&self, node: &str) -> String {
         format!("{}:probe:{node}", self.prefix)
+    }
+
+    /// The private probe channel of one node on one Redis Cluster shard: `tag` is a hash
+    /// tag whose slot that shard serves (see `cluster/slots.rs`).
+    pub(crate) fn shard_probe_channel(&self, node: &str, tag: &str) -> String {
+        format!("{}:probe:{node}:{{{tag}}}", self.prefix)
     }
 
     /// The group name inside a channel name, if it is one of this prefix's channels.

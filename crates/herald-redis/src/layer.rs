@@ -12,11 +12,12 @@ use herald_core::{
     Position, Presence, Published,
 };
 use redis::ConnectionAddr;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::command::Commands;
+use crate::cluster::{self, ClusterState};
 use crate::keys::Keys;
 use crate::lost_writes::Seen;
 use crate::presence;
@@ -57,15 +58,17 @@ pub(crate) struct Shared {
     pub(crate) config: RedisLayerConfig,
     /// Where the connections go: a fixed Redis, or the master the sentinels name.
     pub(crate) target: Target,
+    /// Redis Cluster mode (`redis+cluster://`): the slot map and the shard connections.
+    pub(crate) cluster: Option<ClusterState>,
     pub(crate) keys: Keys,
-    limits: Limits,
+    pub(crate) limits: Limits,
     pub(crate) tx: mpsc::Sender<Message>,
     /// The groups this node wants delivered, whatever the connection state: the truth the
     /// subscriber connection is brought in line with.
     wanted: Mutex<HashSet<GroupName>>,
     /// The command connection of the current session and that session's number; `None`
     /// while disconnected, which makes commands fail fast.
-    command: Mutex<Option<(u64, MultiplexedConnection)>>,
+    command: Mutex<Option<(u64, Commands)>>,
     /// The subscriber connection's write half, `None` while disconnected. An async lock:
     /// it is held across the write of a command so commands go out one at a time.
     pub(crate) subscriber: tokio::sync::Mutex<Option<SubscriberWriter>>,
@@ -80,7 +83,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Counters,
     /// This layer's name among the nodes, as its presence entries are keyed: random per
     /// layer, so a restarted node never revives its former entries.
-    node: String,
+    pub(crate) node: String,
     /// The readiness probe of the pub/sub path.
     pub(crate) probe: Probe,
     /// What this node saw of each group's position, against lost acknowledged writes.
@@ -94,6 +97,8 @@ pub(crate) enum Target {
     Single(redis::Client),
     /// The master Redis Sentinel names, asked again at every connect.
     Sentinel(crate::topology::SentinelTopology),
+    /// A Redis Cluster: its own supervisor (`cluster/mod.rs`) connects the shards.
+    Cluster,
 }
 
 /// Counters of a [`RedisLayer`], for metrics. All are totals since the layer was built.
@@ -118,6 +123,12 @@ pub struct RedisStats {
     /// Groups found to have lost acknowledged writes (offsets reassigned by a new master
     /// after a failover) and given a new epoch, so their clients were reset.
     pub lost_writes: u64,
+    /// Redis Cluster: delivery gaps (a subscription that moved shards, skipped offsets)
+    /// repaired from history. Always 0 on a single Redis.
+    pub gap_fills: u64,
+    /// Redis Cluster: delivery gaps history could not cover (left to the connections'
+    /// own checks), or whose history read failed.
+    pub gap_fill_failures: u64,
 }
 
 /// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
@@ -152,19 +163,30 @@ impl RedisLayer {
     /// runtime (the background task is spawned on it).
     pub fn new(config: RedisLayerConfig) -> Result<(Self, Incoming), RedisLayerError> {
         config.validate()?;
-        let target = match Topology::parse(&config.url)? {
-            Topology::Single(url) => Target::Single(open_tcp(&url)?),
+        let (target, cluster, keys) = match Topology::parse(&config.url)? {
+            Topology::Single(url) => (
+                Target::Single(open_tcp(&url)?),
+                None,
+                Keys::new(&config.prefix),
+            ),
             Topology::Sentinel(sentinel) => {
                 // The master's URL is only known at connect time; check its form now.
                 open_tcp(&sentinel.master_url("127.0.0.1", 6379))?;
-                Target::Sentinel(sentinel)
+                (Target::Sentinel(sentinel), None, Keys::new(&config.prefix))
+            }
+            Topology::Cluster(url) => {
+                let cluster = ClusterState::new(url, &config)?;
+                (
+                    Target::Cluster,
+                    Some(cluster),
+                    Keys::sharded(&config.prefix),
+                )
             }
         };
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             RedisLayerError::InvalidConfig("RedisLayer::new must be called inside a Tokio runtime")
         })?;
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
-        let keys = Keys::new(&config.prefix);
         // Random per layer: nodes sharing a prefix never answer each other's probes.
         let node = format!("{:016x}", fastrand::u64(..));
         let probe = Probe::new(keys.probe_channel(&node), config.probe_interval);
@@ -177,6 +199,7 @@ impl RedisLayer {
                 config.history.max_bytes,
             ),
             target,
+            cluster,
             tx,
             wanted: Mutex::default(),
             command: Mutex::default(),
@@ -221,10 +244,33 @@ impl RedisLayer {
             received: c.received.get(),
             decode_errors: c.decode_errors.get(),
             unavailable: c.unavailable.get(),
-            probe_failures: self.inner.shared.probe.failures.get(),
+            probe_failures: self.inner.shared.probe.failures.get().saturating_add(
+                self.inner
+                    .shared
+                    .cluster
+                    .as_ref()
+                    .map_or(0, ClusterState::probe_failures),
+            ),
             probe_round_trip: self.inner.shared.probe.round_trip(),
             lost_writes: self.inner.shared.seen.lost.get(),
+            gap_fills: self.inner.shared.cluster.as_ref().map_or(0, |c| {
+                c.gap_fills.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            gap_fill_failures: self.inner.shared.cluster.as_ref().map_or(0, |c| {
+                c.gap_fill_failures
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
         }
+    }
+
+    /// Per-shard figures of a Redis Cluster layer (one entry per shard of the current slot
+    /// map); empty on a single Redis.
+    pub fn shard_stats(&self) -> Vec<crate::ShardStats> {
+        self.inner
+            .shared
+            .cluster
+            .as_ref()
+            .map_or_else(Vec::new, ClusterState::shard_stats)
     }
 
     /// This layer's node id: random per layer, the field of its presence entries.
@@ -285,9 +331,17 @@ impl RedisLayer {
     ) -> Result<Vec<Published>, (usize, LayerError)> {
         let mut published = Vec::with_capacity(items.len());
         for chunk in items.chunks(BATCH_CHUNK) {
-            match self.publish_chunk(chunk, window).await {
-                Ok(mut done) => published.append(&mut done),
-                Err(e) => return Err((published.len(), e)),
+            // On Redis Cluster one script call may only touch one slot's keys.
+            let runs = match self.inner.shared.cluster {
+                Some(_) => ClusterState::slot_runs(&self.inner.shared.keys, chunk),
+                None => std::iter::once(0..chunk.len()).collect(),
+            };
+            for run in runs {
+                let Some(part) = chunk.get(run) else { continue };
+                match self.publish_chunk(part, window).await {
+                    Ok(mut done) => published.append(&mut done),
+                    Err(e) => return Err((published.len(), e)),
+                }
             }
         }
         Ok(published)
@@ -357,7 +411,7 @@ impl Layer for RedisLayer {
     async fn subscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).insert(group.clone());
-        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
+        apply(&self.inner.shared, std::slice::from_ref(group)).await
     }
 
     /// Records the group as unwanted (nothing more is delivered for it from now on) and,
@@ -367,7 +421,7 @@ impl Layer for RedisLayer {
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), LayerError> {
         self.check_open()?;
         lock(&self.inner.shared.wanted).remove(group);
-        subscriber::apply(&self.inner.shared, std::slice::from_ref(group)).await
+        apply(&self.inner.shared, std::slice::from_ref(group)).await
     }
 
     /// Records all the changes at once and applies them in one write and one round trip:
@@ -390,7 +444,7 @@ impl Layer for RedisLayer {
             }
         }
         let groups: Vec<GroupName> = subscribe.iter().chain(unsubscribe).cloned().collect();
-        subscriber::apply(&self.inner.shared, &groups).await
+        apply(&self.inner.shared, &groups).await
     }
 
     async fn history(
@@ -449,7 +503,12 @@ impl Layer for RedisLayer {
         self.check_open()?;
         let shared = &self.inner.shared;
         let (session, mut conn) = shared.command_connection()?;
-        let call = presence::occupy(&mut conn, &shared.keys, group);
+        let call = async {
+            match shared.cluster {
+                Some(_) => cluster::presence::occupy(&mut conn, &shared.keys, group).await,
+                None => presence::occupy(&mut conn, &shared.keys, group).await,
+            }
+        };
         match tokio::time::timeout(shared.config.command_timeout, call).await {
             Ok(Ok(won)) => Ok(won),
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
@@ -462,7 +521,12 @@ impl Layer for RedisLayer {
         self.check_open()?;
         let shared = &self.inner.shared;
         let (session, mut conn) = shared.command_connection()?;
-        let call = presence::vacate(&mut conn, &shared.keys, group, delay);
+        let call = async {
+            match shared.cluster {
+                Some(_) => cluster::presence::vacate(&mut conn, &shared.keys, group, delay).await,
+                None => presence::vacate(&mut conn, &shared.keys, group, delay).await,
+            }
+        };
         match tokio::time::timeout(shared.config.command_timeout, call).await {
             Ok(Ok(won)) => Ok(won),
             Ok(Err(e)) => Err(shared.command_failed(session, e)),
@@ -487,6 +551,16 @@ impl Layer for RedisLayer {
         !self.inner.cancel.is_cancelled()
             && self.inner.shared.ready.load(Ordering::Acquire)
             && self.inner.shared.probe.is_healthy()
+            && (self.inner.shared.cluster.as_ref()).is_none_or(ClusterState::is_healthy)
+    }
+}
+
+/// Applies a change of the wanted set to the subscriber connection, or on Redis Cluster to
+/// the shard connections.
+async fn apply(shared: &Shared, groups: &[GroupName]) -> Result<(), LayerError> {
+    match &shared.cluster {
+        Some(state) => cluster::apply(shared, state, groups).await,
+        None => subscriber::apply(shared, groups).await,
     }
 }
 
@@ -535,7 +609,8 @@ impl Shared {
     }
 
     /// Installs a new session's command connection; returns the session number.
-    pub(crate) fn install_command(&self, conn: MultiplexedConnection) -> u64 {
+    pub(crate) fn install_command(&self, conn: impl Into<Commands>) -> u64 {
+        let conn = conn.into();
         // Relaxed: the number is only compared, and it is published under the mutex below.
         let session = self.session.fetch_add(1, Ordering::Relaxed) + 1;
         *lock(&self.command) = Some((session, conn));
@@ -556,7 +631,7 @@ impl Shared {
         self.lost_session.load(Ordering::Acquire)
     }
 
-    pub(crate) fn command_connection(&self) -> Result<(u64, MultiplexedConnection), LayerError> {
+    pub(crate) fn command_connection(&self) -> Result<(u64, Commands), LayerError> {
         // A clone shares the one multiplexed connection.
         match lock(&self.command).as_ref() {
             Some((session, conn)) => Ok((*session, conn.clone())),

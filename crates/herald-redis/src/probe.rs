@@ -132,7 +132,7 @@ impl Probe {
 
     /// Starts probe number `seq + 1`; returns its number. First counts the previous probe
     /// as failed if it is still unanswered.
-    fn start(&self, prefix: &str) -> u64 {
+    pub(crate) fn start(&self, prefix: &str) -> u64 {
         let now = Instant::now();
         let mut state = self.lock();
         if state.sent_at.is_some() {

@@ -192,6 +192,11 @@ return out
 "#;
 
 static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUBLISH_LUA));
+/// The publish script for Redis Cluster: the same, with `SPUBLISH` (the channel carries
+/// the group's hash tag, so it is on the slot of the keys the script writes).
+static PUBLISH_SHARDED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&PUBLISH_LUA.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',"))
+});
 static HISTORY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HISTORY_LUA));
 static RESET: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESET_LUA));
 
@@ -238,7 +243,12 @@ where
     let candidate = Epoch::random();
     // At least 1 ms: SET PX 0 is an error.
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-    let mut invocation = PUBLISH.prepare_invoke();
+    let script = if keys.is_sharded() {
+        &*PUBLISH_SHARDED
+    } else {
+        &*PUBLISH
+    };
+    let mut invocation = script.prepare_invoke();
     invocation
         .arg(limits.max_age_ms)
         .arg(limits.max_len)

@@ -19,6 +19,10 @@ use herald_core::Backoff;
 /// Runs until `cancel` fires. Holds the shared state only through this task's lifetime;
 /// the layer handles own `cancel`, so dropping the last handle ends the task.
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    if shared.cluster.is_some() {
+        // Redis Cluster: its own supervisor (`cluster/mod.rs`).
+        return crate::cluster::run(shared, cancel).await;
+    }
     let config = &shared.config;
     let mut backoff = Backoff::new(config.reconnect_min_delay, config.reconnect_max_delay);
     let mut ever_connected = false;
@@ -26,7 +30,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     // With Sentinel, each sentinel asked may take a whole connect timeout (a frozen one
     // accepts the connection and answers nothing): room to ask them all, then connect.
     let connect_limit = match &shared.target {
-        Target::Single(_) => config.connect_timeout,
+        Target::Single(_) | Target::Cluster => config.connect_timeout,
         Target::Sentinel(topology) => {
             let asks = u32::try_from(topology.sentinels.len()).unwrap_or(u32::MAX);
             config
@@ -100,6 +104,8 @@ async fn connect(shared: &Shared) -> Result<Connected, String> {
     let config = &shared.config;
     let (client, master) = match &shared.target {
         Target::Single(client) => (client.clone(), None),
+        // `run` hands a cluster to `cluster::run` before it gets here.
+        Target::Cluster => return Err("a cluster's shards are connected by cluster::run".into()),
         Target::Sentinel(topology) => {
             let (host, port) = sentinel::find_master(topology, config.connect_timeout).await?;
             let client = redis::Client::open(topology.master_url(&host, port))

@@ -4,6 +4,10 @@
 //! - `redis+sentinel://[user:password@]h1[:26379],h2[:26379]/<master-name>[/<db>]`: the
 //!   master that Redis Sentinel names ([`Topology::Sentinel`]); the credentials and the
 //!   database apply to the master, the sentinels are asked without credentials.
+//! - `redis+cluster://[user:password@]host:port,host:port[/]`: a Redis Cluster reached
+//!   through any of the listed seed nodes ([`Topology::Cluster`]). At least one seed; every
+//!   seed needs a port; IPv6 hosts go in brackets (`[::1]:7000`). A cluster has no
+//!   databases, so no `/db` part other than an empty one is accepted.
 
 use crate::RedisLayerError;
 
@@ -11,6 +15,10 @@ use crate::RedisLayerError;
 const SENTINEL_PORT: u16 = 26379;
 /// Most sentinels one URL may name: a bound on what is asked in turn.
 const MAX_SENTINELS: usize = 16;
+/// Scheme of a Redis Cluster URL.
+const CLUSTER_SCHEME: &str = "redis+cluster://";
+/// Most seed nodes accepted in one URL: a bound on what a config can make us try.
+const MAX_SEEDS: usize = 64;
 
 /// The Redis deployment a layer talks to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +27,8 @@ pub enum Topology {
     Single(String),
     /// A master found through Redis Sentinel, and found again after a failover.
     Sentinel(SentinelTopology),
+    /// A Redis Cluster, found through its seed nodes.
+    Cluster(ClusterUrl),
 }
 
 /// The parts of a `redis+sentinel://` URL.
@@ -45,6 +55,26 @@ impl std::fmt::Debug for SentinelTopology {
     }
 }
 
+/// A parsed `redis+cluster://` URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    /// Seed nodes, `(host, port)`, in the URL's order.
+    pub(crate) seeds: Vec<(String, u16)>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password: configs end up in logs.
+        f.debug_struct("ClusterUrl")
+            .field("seeds", &self.seeds)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 impl SentinelTopology {
     /// The `redis://` URL of the master at `host:port`, with this URL's credentials and db.
     pub(crate) fn master_url(&self, host: &str, port: u16) -> String {
@@ -64,6 +94,13 @@ impl Topology {
     /// Parses a layer URL; the error says what is wrong with it.
     pub fn parse(url: &str) -> Result<Self, RedisLayerError> {
         let fail = |why: &'static str| Err(RedisLayerError::InvalidConfig(why));
+        if let Some(rest) = strip_scheme(url, CLUSTER_SCHEME) {
+            return parse_cluster(rest).map(Self::Cluster).map_err(|why| {
+                RedisLayerError::InvalidClusterUrl(format!(
+                    "{why} (expected redis+cluster://[user:password@]host:port,host:port)"
+                ))
+            });
+        }
         if url.starts_with("redis://") {
             return Ok(Self::Single(url.to_owned()));
         }
@@ -73,7 +110,7 @@ impl Topology {
         }
         let Some(rest) = url.strip_prefix("redis+sentinel://") else {
             return Err(RedisLayerError::InvalidUrl(Box::from(
-                "the url must start with redis:// or redis+sentinel://",
+                "the url must start with redis://, redis+sentinel:// or redis+cluster://",
             )));
         };
         if rest.contains(['?', '#']) {
@@ -121,6 +158,106 @@ impl Topology {
             userinfo,
         }))
     }
+}
+
+fn strip_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = url.get(..scheme.len())?;
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| url.get(scheme.len()..))
+        .flatten()
+}
+
+fn parse_cluster(rest: &str) -> Result<ClusterUrl, String> {
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if !(path.is_empty() || path == "/") {
+        return Err(format!(
+            "a cluster has no databases; remove {path:?} from the URL"
+        ));
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => {
+            let (user, pass) = match info.split_once(':') {
+                Some((user, pass)) => (user, Some(pass)),
+                None => (info, None),
+            };
+            let user = decode(user)?;
+            let pass = pass.map(decode).transpose()?;
+            ((!user.is_empty()).then_some(user), pass)
+        }
+    };
+    let mut seeds = Vec::new();
+    for part in hosts.split(',') {
+        if seeds.len() == MAX_SEEDS {
+            return Err(format!("more than {MAX_SEEDS} seed nodes"));
+        }
+        seeds.push(parse_host_port(part)?);
+    }
+    Ok(ClusterUrl {
+        seeds,
+        username,
+        password,
+    })
+}
+
+fn parse_host_port(part: &str) -> Result<(String, u16), String> {
+    if part.is_empty() {
+        return Err("empty seed node".to_owned());
+    }
+    let (host, port) = if let Some(bracketed) = part.strip_prefix('[') {
+        let (host, rest) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in {part:?}"))?;
+        let port = rest
+            .strip_prefix(':')
+            .ok_or_else(|| format!("seed {part:?} has no port"))?;
+        (host, port)
+    } else {
+        part.rsplit_once(':')
+            .ok_or_else(|| format!("seed {part:?} has no port"))?
+    };
+    if host.is_empty()
+        || host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b"/?#@[]".contains(&b))
+    {
+        return Err(format!("bad host in seed {part:?}"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("bad port in seed {part:?}"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// Percent-decoding of the user and password parts.
+fn decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| "bad percent-escape in the user or password".to_owned())?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "user or password is not UTF-8".to_owned())
 }
 
 /// `host[:port]` or `[v6]:port`.
@@ -240,6 +377,48 @@ mod tests {
                 Err(RedisLayerError::InvalidConfig(why)) => assert!(!why.is_empty()),
                 other => panic!("{bad:?} was accepted: {other:?}"),
             }
+        }
+    }
+
+    fn cluster(url: &str) -> ClusterUrl {
+        match Topology::parse(url) {
+            Ok(Topology::Cluster(c)) => c,
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_urls_parse() {
+        let c = cluster("redis+cluster://h1:7000,10.0.0.2:7001");
+        assert_eq!(
+            c.seeds,
+            vec![("h1".to_owned(), 7000), ("10.0.0.2".to_owned(), 7001)]
+        );
+        assert_eq!((c.username, c.password), (None, None));
+        let c = cluster("REDIS+CLUSTER://app:p%40ss@[::1]:7000/");
+        assert_eq!(c.seeds, vec![("::1".to_owned(), 7000)]);
+        assert_eq!(c.username.as_deref(), Some("app"));
+        assert_eq!(c.password.as_deref(), Some("p@ss"));
+        let c = cluster("redis+cluster://:secret@h:1");
+        assert_eq!((c.username, c.password.as_deref()), (None, Some("secret")));
+        assert!(!format!("{:?}", cluster("redis+cluster://:secret@h:1")).contains("secret"));
+    }
+
+    #[test]
+    fn bad_cluster_urls_are_refused_with_a_reason() {
+        for url in [
+            "redis+cluster://",
+            "redis+cluster://h1",
+            "redis+cluster://h1:7000,",
+            "redis+cluster://h1:0",
+            "redis+cluster://h1:70000",
+            "redis+cluster://h1:7000/0",
+            "redis+cluster://[::1:7000",
+            "redis+cluster://u:%zz@h:1",
+            "redis+cluster://h 1:7000",
+        ] {
+            let e = Topology::parse(url).expect_err(url).to_string();
+            assert!(e.contains("redis+cluster"), "{url}: {e}");
         }
     }
 }

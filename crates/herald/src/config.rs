@@ -299,9 +299,11 @@ impl Default for HookConfig {
 pub struct LayerConfig {
     /// `memory` (default, one process) or `redis` (several nodes).
     pub kind: LayerKind,
-    /// Redis URL, required when `kind = "redis"`: `redis://[user:pass@]host:port/db`, or
-    /// `redis+sentinel://[user:pass@]h1:26379,h2:26379/<master-name>[/<db>]` for a
-    /// master found (and re-found after a failover) through Redis Sentinel.
+    /// Redis URL, required when `kind = "redis"`: `redis://[user:pass@]host:port/db`,
+    /// `redis+sentinel://[user:pass@]h1:26379,h2:26379/<master-name>[/<db>]` for a master
+    /// found (and re-found after a failover) through Redis Sentinel, or
+    /// `redis+cluster://h1:7000,h2:7001` for a Redis Cluster (sharded pub/sub, one
+    /// subscriber connection per shard).
     pub url: Option<String>,
     /// Prefix of every Redis key and channel. Default `herald`.
     pub prefix: String,
@@ -1274,6 +1276,21 @@ mod tests {
         assert!(text.contains("max_connections = 100000"));
         // What is printed loads back (secrets aside) to the same configuration.
         assert!(text.parse::<toml::Table>().is_ok());
+    }
+
+    #[test]
+    fn a_redis_cluster_url_is_accepted() {
+        let c = load(
+            "[layer]\nkind = \"redis\"\nurl = \"redis+cluster://10.0.0.5:7000,10.0.0.6:7001\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.layer.url.as_deref(),
+            Some("redis+cluster://10.0.0.5:7000,10.0.0.6:7001")
+        );
+        let e = load("[layer]\nkind = \"redis\"\nurl = \"cluster://h:1\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "layer.url");
     }
 
     #[test]

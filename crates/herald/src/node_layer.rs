@@ -218,7 +218,7 @@ impl NodeLayer {
             }
             Self::Redis(l) => {
                 let s = l.stats();
-                vec![
+                let mut metrics = vec![
                     (
                         "herald_redis_reconnects_total",
                         "Reconnections to Redis.",
@@ -244,7 +244,36 @@ impl NodeLayer {
                         "Malformed messages read from Redis and skipped.",
                         s.decode_errors,
                     ),
-                ]
+                ];
+                // Redis Cluster: per-shard figures summed (`RedisLayer::shard_stats` has
+                // each shard's); all zero on a single Redis.
+                let shards = l.shard_stats();
+                let sum = |f: fn(&herald_redis::ShardStats) -> u64| {
+                    shards.iter().map(f).fold(0, u64::saturating_add)
+                };
+                metrics.extend([
+                    (
+                        "herald_redis_cluster_shards",
+                        "Redis Cluster shards in the current slot map (gauge; 0 on a single Redis).",
+                        u64::try_from(shards.len()).unwrap_or(u64::MAX),
+                    ),
+                    (
+                        "herald_redis_cluster_shards_unhealthy",
+                        "Redis Cluster shards whose subscriber is down or whose last probe went unanswered (gauge).",
+                        sum(|s| u64::from(!s.healthy)),
+                    ),
+                    (
+                        "herald_redis_cluster_gap_fills_total",
+                        "Redis Cluster: delivery gaps (a subscription that moved shards, skipped offsets) repaired from history.",
+                        s.gap_fills,
+                    ),
+                    (
+                        "herald_redis_cluster_gap_fill_failures_total",
+                        "Redis Cluster: delivery gaps history could not cover (left to the connections' checks).",
+                        s.gap_fill_failures,
+                    ),
+                ]);
+                metrics
             }
         }
     }
