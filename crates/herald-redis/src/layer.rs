@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesce::{self, Bounds, Coalescer, Flush, ItemOutcome, Request};
 use crate::keys::Keys;
 use crate::presence;
 use crate::probe::Probe;
@@ -24,8 +25,9 @@ use crate::scripts::{self, Limits, ScriptError};
 use crate::subscriber::{self, SubscriberWriter};
 use crate::{RedisLayerConfig, RedisLayerError, supervisor};
 
-/// Most messages sent in one script call by `publish_batch`: bounds how long one call
-/// keeps Redis busy, and the size of one request.
+/// Most messages of one `publish_batch` or `publish_idempotent` call sent as one request
+/// (published together in one script call); larger calls go in requests of this size, one
+/// after the other.
 const BATCH_CHUNK: usize = 256;
 
 /// A layer backed by Redis: any number of herald nodes on one Redis (and one prefix)
@@ -40,7 +42,8 @@ pub struct RedisLayer {
 struct Inner {
     shared: Arc<Shared>,
     cancel: CancellationToken,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The supervisor and the publish flusher.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
     node: String,
     /// The readiness probe of the pub/sub path.
     pub(crate) probe: Probe,
+    /// The queue of publishes waiting for a script call (`coalesce.rs`).
+    publisher: Coalescer,
 }
 
 /// Counters of a [`RedisLayer`], for metrics. All are totals since the layer was built.
@@ -101,6 +106,13 @@ pub struct RedisStats {
     pub probe_failures: u64,
     /// The last probe's round trip through Redis pub/sub (zero before the first).
     pub probe_round_trip: Duration,
+    /// Publish script calls made: fewer than the messages published when concurrent
+    /// publishes were coalesced.
+    pub publish_calls: u64,
+    /// The most messages one publish script call carried.
+    pub publish_largest_call: u64,
+    /// Messages waiting for a publish script call now (not a total).
+    pub publish_queued: u64,
 }
 
 /// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
@@ -168,14 +180,26 @@ impl RedisLayer {
             command_lost: Notify::new(),
             stats: Counters::default(),
             node: format!("{:016x}", fastrand::u64(..)),
+            publisher: Coalescer::new(Bounds {
+                max_items: config.publish_batch_max,
+                max_bytes: config.publish_batch_max_bytes,
+                in_flight: config.publish_in_flight,
+                queue: config.publish_queue,
+            }),
             config,
         });
         let cancel = CancellationToken::new();
-        let task = runtime.spawn(supervisor::run(shared.clone(), cancel.clone()));
+        let supervisor = runtime.spawn(supervisor::run(shared.clone(), cancel.clone()));
+        let flusher = {
+            let (shared, cancel) = (shared.clone(), cancel.clone());
+            runtime.spawn(async move {
+                coalesce::run(&shared.publisher, &*shared, &cancel).await;
+            })
+        };
         let inner = Arc::new(Inner {
             shared,
             cancel,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(vec![supervisor, flusher]),
         });
         Ok((Self { inner }, rx))
     }
@@ -184,9 +208,9 @@ impl RedisLayer {
     /// closed. Afterwards every call fails with `LayerError::Closed`. Idempotent.
     pub async fn close(&self) {
         self.inner.cancel.cancel();
-        let task = lock(&self.inner.task).take();
-        if let Some(task) = task {
-            // The task stops at its next await point; an error means it panicked, which
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for task in tasks {
+            // Each task stops at its next await point; an error means it panicked, which
             // it already reported.
             let _ = task.await;
         }
@@ -201,6 +225,9 @@ impl RedisLayer {
             received: c.received.get(),
             decode_errors: c.decode_errors.get(),
             unavailable: c.unavailable.get(),
+            publish_calls: self.inner.shared.publisher.stats().0,
+            publish_largest_call: self.inner.shared.publisher.stats().1,
+            publish_queued: u64::try_from(self.inner.shared.publisher.queued()).unwrap_or(u64::MAX),
             probe_failures: self.inner.shared.probe.failures.get(),
             probe_round_trip: self.inner.shared.probe.round_trip(),
         }
@@ -234,34 +261,39 @@ impl RedisLayer {
         }
     }
 
-    /// Publishes up to one chunk in one script call.
-    async fn publish_chunk(
-        &self,
-        items: &[KeyedItem],
-        window: Duration,
-    ) -> Result<Vec<Published>, LayerError> {
-        self.check_open()?;
-        let shared = &self.inner.shared;
-        let (session, mut conn) = shared.command_connection()?;
-        let call = scripts::publish(&mut conn, &shared.keys, shared.limits, window, items);
-        match tokio::time::timeout(shared.config.command_timeout, call).await {
-            Ok(Ok(published)) => Ok(published),
-            Ok(Err(e)) => Err(shared.command_failed(session, e)),
-            Err(_) => Err(shared.timed_out()),
-        }
-    }
-
-    /// Publishes keyed items in chunks of [`BATCH_CHUNK`].
-    async fn publish_chunks(
+    /// Publishes up to one chunk as one request: queued, and sent in a script call with
+    /// whatever other publishes are waiting (`coalesce.rs`).
+    async fn publish_request(
         &self,
         items: Vec<KeyedItem>,
         window: Duration,
     ) -> Result<Vec<Published>, (usize, LayerError)> {
+        self.check_open().map_err(|e| (0, e))?;
+        let shared = &self.inner.shared;
+        // Fail fast while disconnected, without queueing.
+        shared.command_connection().map_err(|e| (0, e))?;
+        shared
+            .publisher
+            .submit(Request { items, window }, shared.config.command_timeout)
+            .await
+    }
+
+    /// Publishes keyed items in requests of [`BATCH_CHUNK`], one after the other.
+    async fn publish_chunks(
+        &self,
+        mut items: Vec<KeyedItem>,
+        window: Duration,
+    ) -> Result<Vec<Published>, (usize, LayerError)> {
+        if items.len() <= BATCH_CHUNK {
+            return self.publish_request(items, window).await;
+        }
         let mut published = Vec::with_capacity(items.len());
-        for chunk in items.chunks(BATCH_CHUNK) {
-            match self.publish_chunk(chunk, window).await {
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(BATCH_CHUNK));
+            let chunk = std::mem::replace(&mut items, rest);
+            match self.publish_request(chunk, window).await {
                 Ok(mut done) => published.append(&mut done),
-                Err(e) => return Err((published.len(), e)),
+                Err((n, e)) => return Err((published.len().saturating_add(n), e)),
             }
         }
         Ok(published)
@@ -292,8 +324,9 @@ impl fmt::Debug for RedisLayer {
 impl Layer for RedisLayer {
     async fn publish(&self, group: &GroupName, payload: Payload) -> Result<Position, LayerError> {
         let mut published = self
-            .publish_chunk(&[unkeyed(group.clone(), payload)], NO_WINDOW)
-            .await?;
+            .publish_request(vec![unkeyed(group.clone(), payload)], NO_WINDOW)
+            .await
+            .map_err(|(_, e)| e)?;
         // The script returns one position per message; `scripts::publish` checked the count.
         published
             .pop()
@@ -301,8 +334,9 @@ impl Layer for RedisLayer {
             .ok_or_else(|| LayerError::Unavailable("redis returned no position".to_owned()))
     }
 
-    /// Publishes in script calls of up to 256 messages, each one round trip; the
-    /// messages of one call are published all together or not at all.
+    /// Publishes in requests of up to 256 messages, each published in one script call
+    /// (shared with concurrent publishes); a request is published up to its first
+    /// message that Redis refuses.
     async fn publish_batch(
         &self,
         items: Vec<(GroupName, Payload)>,
@@ -551,5 +585,33 @@ impl Shared {
             "redis did not answer within {:?}",
             self.config.command_timeout
         ))
+    }
+}
+
+/// The layer's one command path: every batch goes to the current session's connection.
+impl Flush for Shared {
+    async fn flush(&self, batch: &[Request]) -> Result<Vec<ItemOutcome>, LayerError> {
+        let (session, mut conn) = self.command_connection()?;
+        let call = scripts::publish(&mut conn, &self.keys, self.limits, batch);
+        let outcomes = match tokio::time::timeout(self.config.command_timeout, call).await {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(e)) => return Err(self.command_failed(session, e)),
+            Err(_) => return Err(self.timed_out()),
+        };
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.map_err(|why| match why {
+                    Some(why) => {
+                        self.stats.unavailable.increment();
+                        tracing::warn!(prefix = %self.config.prefix, error = %why, "redis refused a message");
+                        LayerError::Unavailable(format!("redis refused the message: {why}"))
+                    }
+                    None => LayerError::Unavailable(
+                        "not published: an earlier message of the same call failed".to_owned(),
+                    ),
+                })
+            })
+            .collect())
     }
 }

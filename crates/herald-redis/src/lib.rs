@@ -89,6 +89,7 @@
 //! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
 //! - `config.rs`, `error.rs`: [`RedisLayerConfig`] and [`RedisLayerError`].
 
+mod coalesce;
 mod config;
 mod envelope;
 mod error;
