@@ -7,6 +7,10 @@
 //! At most `in_flight` calls are outstanding at once: while they are, new requests wait in
 //! the queue and go out together when one returns. Nothing waits on a timer, so a lone
 //! publish is sent at once, and batches only form when publishes overlap a call in flight.
+//! A publisher that finds nothing queued and no call in flight makes its call itself
+//! (the direct path: no hand-off to the flusher task and back, which is what a moderate
+//! rate of publishes mostly sees); while it is in flight the flusher sends nothing, and
+//! when it returns the flusher is woken if anything queued meanwhile.
 //!
 //! **Order.** Requests are taken in queue order, a batch keeps that order, calls on one
 //! connection run in the order they were sent, and answers are given in the order the
@@ -130,6 +134,29 @@ struct Queue {
     pending: VecDeque<Pending>,
     /// Set when the flusher stopped: later requests fail with `Closed`.
     closed: bool,
+    /// Calls in flight, the direct one included.
+    in_flight: usize,
+    /// A publisher's own call is in flight: the flusher waits for it, so answers keep
+    /// the order of the calls.
+    direct: bool,
+}
+
+/// Ends a direct call: frees its slot (also when the publisher's future is dropped
+/// mid-call) and wakes the flusher for what queued meanwhile.
+struct DirectCall<'a>(&'a Coalescer);
+
+impl Drop for DirectCall<'_> {
+    fn drop(&mut self) {
+        let queued = {
+            let mut queue = lock(&self.0.queue);
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+            queue.direct = false;
+            !queue.pending.is_empty()
+        };
+        if queued {
+            self.0.wake.notify_one();
+        }
+    }
 }
 
 impl Coalescer {
@@ -169,7 +196,12 @@ impl Coalescer {
     /// Queues `request` and waits for its answer. Waits at most `wait` for room in the
     /// queue (then fails with `Unavailable`); the answer itself comes within the call's
     /// own timeout (the `Flush`), or with `Closed` when the flusher stops.
-    pub(crate) async fn submit(&self, request: Request, wait: Duration) -> Answer {
+    pub(crate) async fn submit<F: Flush>(
+        &self,
+        flush: &F,
+        request: Request,
+        wait: Duration,
+    ) -> Answer {
         // A request larger than the whole queue takes all of it.
         let n = request.items.len().clamp(1, self.bounds.queue);
         let n = u32::try_from(n).unwrap_or(u32::MAX);
@@ -185,16 +217,32 @@ impl Coalescer {
             }
         };
         let (tx, rx) = oneshot::channel();
-        {
+        let direct = {
             let mut queue = lock(&self.queue);
             if queue.closed {
                 return Err((0, LayerError::Closed));
             }
-            queue.pending.push_back(Pending {
-                request,
-                reply: tx,
-                _room: room,
-            });
+            if queue.pending.is_empty() && queue.in_flight == 0 {
+                queue.in_flight = 1;
+                queue.direct = true;
+                Some(request)
+            } else {
+                queue.pending.push_back(Pending {
+                    request,
+                    reply: tx,
+                    _room: room,
+                });
+                None
+            }
+        };
+        if let Some(request) = direct {
+            let call = DirectCall(self);
+            self.count(request.items.len());
+            let outcome = flush.flush(std::slice::from_ref(&request)).await;
+            drop(call);
+            return answers(std::slice::from_ref(&request), outcome)
+                .pop()
+                .unwrap_or(Err((0, LayerError::Closed)));
         }
         self.wake.notify_one();
         // The sender is dropped unanswered only when the flusher stops.
@@ -205,6 +253,9 @@ impl Coalescer {
     /// within the bounds (the first request always goes, whatever its size).
     fn take<F: Flush>(&self, flush: &F) -> Option<Batch> {
         let mut queue = lock(&self.queue);
+        if queue.direct || queue.in_flight >= self.bounds.in_flight {
+            return None;
+        }
         let mut batch = Batch {
             requests: Vec::new(),
             replies: Vec::new(),
@@ -241,7 +292,26 @@ impl Coalescer {
             batch.requests.push(pending.request);
             batch.replies.push((pending.reply, pending._room));
         }
-        (!batch.requests.is_empty()).then_some(batch)
+        if batch.requests.is_empty() {
+            return None;
+        }
+        queue.in_flight = queue.in_flight.saturating_add(1);
+        drop(queue);
+        self.count(items);
+        Some(batch)
+    }
+
+    /// Counts a call of `items` messages.
+    fn count(&self, items: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.largest
+            .fetch_max(u64::try_from(items).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A flusher call returned: its slot is free.
+    fn returned(&self) {
+        let mut queue = lock(&self.queue);
+        queue.in_flight = queue.in_flight.saturating_sub(1);
     }
 
     /// Refuses new requests and drops the queued ones (their publishers get `Closed`).
@@ -258,18 +328,10 @@ impl Coalescer {
 
 /// The flusher of one command path: runs until `cancel` fires, then fails what is left.
 pub(crate) async fn run<F: Flush>(coalescer: &Coalescer, flush: &F, cancel: &CancellationToken) {
-    let max = coalescer.bounds.in_flight;
     let mut in_flight = FuturesOrdered::new();
     loop {
-        while in_flight.len() < max {
-            let Some(batch) = coalescer.take(flush) else {
-                break;
-            };
-            let n = batch.requests.iter().map(|r| r.items.len()).sum::<usize>();
-            coalescer.calls.fetch_add(1, Ordering::Relaxed);
-            coalescer
-                .largest
-                .fetch_max(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+        // `take` says when the bound (or a direct call) leaves no room.
+        while let Some(batch) = coalescer.take(flush) {
             in_flight.push_back(async move {
                 let outcome = flush.flush(&batch.requests).await;
                 (batch, outcome)
@@ -279,9 +341,14 @@ pub(crate) async fn run<F: Flush>(coalescer: &Coalescer, flush: &F, cancel: &Can
             biased;
             _ = cancel.cancelled() => break,
             Some((batch, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                answer(batch, outcome);
+                coalescer.returned();
+                let answers = answers(&batch.requests, outcome);
+                for ((reply, _room), answer) in batch.replies.into_iter().zip(answers) {
+                    // The publisher may have given up waiting: nothing to do then.
+                    let _ = reply.send(answer);
+                }
             }
-            _ = coalescer.wake.notified(), if in_flight.len() < max => {}
+            _ = coalescer.wake.notified() => {}
         }
     }
     // Dropping the calls in flight drops their reply senders: those publishers get
@@ -290,44 +357,40 @@ pub(crate) async fn run<F: Flush>(coalescer: &Coalescer, flush: &F, cancel: &Can
     coalescer.close();
 }
 
-/// Hands each request of `batch` its part of the call's outcome.
-fn answer(batch: Batch, outcome: Result<Vec<ItemOutcome>, LayerError>) {
+/// Each request's part of a call's outcome.
+fn answers(requests: &[Request], outcome: Result<Vec<ItemOutcome>, LayerError>) -> Vec<Answer> {
     match outcome {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
-            for (request, (reply, _room)) in batch.requests.iter().zip(batch.replies) {
-                let mut published = Vec::with_capacity(request.items.len());
-                let mut failed = None;
-                for _ in 0..request.items.len() {
-                    match outcomes.next() {
-                        Some(Ok(p)) if failed.is_none() => published.push(p),
-                        Some(Err(e)) if failed.is_none() => failed = Some(e),
-                        // After the first failure the request's later messages were
-                        // skipped; their outcomes are consumed only to keep alignment.
-                        Some(_) => {}
-                        None => {
-                            failed.get_or_insert_with(|| {
-                                LayerError::Unavailable(
-                                    "redis answered fewer outcomes than messages".to_owned(),
-                                )
-                            });
+            requests
+                .iter()
+                .map(|request| {
+                    let mut published = Vec::with_capacity(request.items.len());
+                    let mut failed = None;
+                    for _ in 0..request.items.len() {
+                        match outcomes.next() {
+                            Some(Ok(p)) if failed.is_none() => published.push(p),
+                            Some(Err(e)) if failed.is_none() => failed = Some(e),
+                            // After the first failure the request's later messages were
+                            // skipped; their outcomes are consumed only to keep alignment.
+                            Some(_) => {}
+                            None => {
+                                failed.get_or_insert_with(|| {
+                                    LayerError::Unavailable(
+                                        "redis answered fewer outcomes than messages".to_owned(),
+                                    )
+                                });
+                            }
                         }
                     }
-                }
-                let answer = match failed {
-                    Some(e) => Err((published.len(), e)),
-                    None => Ok(published),
-                };
-                // The publisher may have given up waiting: nothing to do then.
-                let _ = reply.send(answer);
-            }
+                    match failed {
+                        Some(e) => Err((published.len(), e)),
+                        None => Ok(published),
+                    }
+                })
+                .collect()
         }
-        Err(e) => {
-            for (reply, _room) in batch.replies {
-                // As above: a publisher that gave up needs no answer.
-                let _ = reply.send(Err((0, e.clone())));
-            }
-        }
+        Err(e) => requests.iter().map(|_| Err((0, e.clone()))).collect(),
     }
 }
 
@@ -468,9 +531,13 @@ mod tests {
         (coalescer, fake, cancel, task)
     }
 
-    fn submit(coalescer: &Arc<Coalescer>, r: Request) -> tokio::task::JoinHandle<Answer> {
-        let coalescer = coalescer.clone();
-        tokio::spawn(async move { coalescer.submit(r, LIMIT).await })
+    fn submit(
+        coalescer: &Arc<Coalescer>,
+        fake: &Arc<Fake>,
+        r: Request,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let (coalescer, fake) = (coalescer.clone(), fake.clone());
+        tokio::spawn(async move { coalescer.submit(&*fake, r, LIMIT).await })
     }
 
     /// Holds the first call, queues `later` behind it, then lets every call through.
@@ -485,7 +552,7 @@ mod tests {
             },
             bounds,
         );
-        let first = submit(&coalescer, request("first", &["first"]));
+        let first = submit(&coalescer, &fake, request("first", &["first"]));
         until("the first call is in flight", || {
             lock(&fake.calls).len() == 1
         })
@@ -493,7 +560,7 @@ mod tests {
         let expected: usize = later.iter().map(|r| r.items.len()).sum();
         let mut handles = Vec::new();
         for r in later {
-            handles.push(submit(&coalescer, r));
+            handles.push(submit(&coalescer, &fake, r));
             // Queued in this order: each is in the queue before the next is submitted.
             let queued = handles.len();
             until("queued", || lock(&coalescer.queue).pending.len() == queued).await;
@@ -528,13 +595,30 @@ mod tests {
     #[tokio::test]
     async fn a_lone_publish_goes_at_once_in_its_own_call() {
         let (coalescer, fake, cancel, task) = start(Fake::default(), bounds(256, 1 << 20));
-        let answer = tokio::time::timeout(LIMIT, coalescer.submit(request("g", &["a"]), LIMIT))
-            .await
-            .expect("answered");
+        let answer =
+            tokio::time::timeout(LIMIT, coalescer.submit(&*fake, request("g", &["a"]), LIMIT))
+                .await
+                .expect("answered");
         assert_eq!(offsets(&answer), vec![1]);
         assert_eq!(*lock(&fake.calls), vec![vec!["a".to_owned()]]);
         cancel.cancel();
         task.await.expect("flusher");
+    }
+
+    /// With nothing queued or in flight the publisher makes its own call: no flusher task
+    /// is involved (none runs here).
+    #[tokio::test]
+    async fn an_idle_path_publishes_directly_without_the_flusher() {
+        let coalescer = Coalescer::new(bounds(256, 1 << 20));
+        let fake = Fake::default();
+        for expected in 1..=3 {
+            let answer =
+                tokio::time::timeout(LIMIT, coalescer.submit(&fake, request("g", &["a"]), LIMIT))
+                    .await
+                    .expect("answered without a flusher");
+            assert_eq!(offsets(&answer), vec![expected]);
+        }
+        assert_eq!(coalescer.stats(), (3, 1));
     }
 
     #[tokio::test]
@@ -614,7 +698,7 @@ mod tests {
             },
             bounds(256, 1 << 20),
         );
-        let first = submit(&coalescer, request("first", &["first"]));
+        let first = submit(&coalescer, &fake, request("first", &["first"]));
         until("in flight", || lock(&fake.calls).len() == 1).await;
         let mut handles = Vec::new();
         for (g, t) in [
@@ -624,7 +708,7 @@ mod tests {
             ("b", "b2"),
             ("a", "a3"),
         ] {
-            handles.push(submit(&coalescer, request(g, &[t])));
+            handles.push(submit(&coalescer, &fake, request(g, &[t])));
             let n = handles.len();
             until("queued", || lock(&coalescer.queue).pending.len() == n).await;
         }
@@ -658,13 +742,13 @@ mod tests {
             },
             bounds(256, 1 << 20),
         );
-        let first = submit(&coalescer, request("g", &["first"]));
+        let first = submit(&coalescer, &fake, request("g", &["first"]));
         until("in flight", || lock(&fake.calls).len() == 1).await;
-        let gone = submit(&coalescer, request("g", &["gone"]));
+        let gone = submit(&coalescer, &fake, request("g", &["gone"]));
         until("queued", || coalescer.queued() == 1).await;
         gone.abort();
         assert!(gone.await.is_err(), "aborted");
-        let kept = submit(&coalescer, request("g", &["kept"]));
+        let kept = submit(&coalescer, &fake, request("g", &["kept"]));
         until("queued", || lock(&coalescer.queue).pending.len() == 2).await;
         fake.release.add_permits(1024);
         tokio::time::timeout(LIMIT, first)
@@ -683,7 +767,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stopping_the_flusher_answers_everyone_closed() {
+    async fn stopping_the_flusher_answers_the_queued_closed_and_calls_made_as_they_return() {
         let (coalescer, fake, cancel, task) = start(
             Fake {
                 hold: true,
@@ -691,20 +775,25 @@ mod tests {
             },
             bounds(256, 1 << 20),
         );
-        let in_flight = submit(&coalescer, request("g", &["a"]));
+        let in_flight = submit(&coalescer, &fake, request("g", &["a"]));
         until("in flight", || lock(&fake.calls).len() == 1).await;
-        let queued = submit(&coalescer, request("g", &["b"]));
+        let queued = submit(&coalescer, &fake, request("g", &["b"]));
         until("queued", || coalescer.queued() == 1).await;
         cancel.cancel();
         task.await.expect("flusher");
-        for h in [in_flight, queued] {
-            let answer = tokio::time::timeout(LIMIT, h)
-                .await
-                .expect("answered")
-                .expect("task");
-            assert!(matches!(answer, Err((0, LayerError::Closed))), "{answer:?}");
-        }
-        let late = coalescer.submit(request("g", &["c"]), LIMIT).await;
+        let queued = tokio::time::timeout(LIMIT, queued)
+            .await
+            .expect("answered")
+            .expect("task");
+        assert!(matches!(queued, Err((0, LayerError::Closed))), "{queued:?}");
+        // The call already made (its publisher's own) is answered when it returns.
+        fake.release.add_permits(1);
+        let sent = tokio::time::timeout(LIMIT, in_flight)
+            .await
+            .expect("answered")
+            .expect("task");
+        assert_eq!(offsets(&sent), vec![1]);
+        let late = coalescer.submit(&*fake, request("g", &["c"]), LIMIT).await;
         assert!(matches!(late, Err((0, LayerError::Closed))), "{late:?}");
     }
 }

@@ -274,7 +274,11 @@ impl RedisLayer {
         shared.command_connection().map_err(|e| (0, e))?;
         shared
             .publisher
-            .submit(Request { items, window }, shared.config.command_timeout)
+            .submit(
+                &**shared,
+                Request { items, window },
+                shared.config.command_timeout,
+            )
             .await
     }
 

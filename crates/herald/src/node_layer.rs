@@ -239,6 +239,11 @@ impl NodeLayer {
                         "Malformed messages read from Redis and skipped.",
                         s.decode_errors,
                     ),
+                    (
+                        "herald_redis_publish_calls_total",
+                        "Publish script calls to Redis; fewer than messages published when concurrent publishes coalesced.",
+                        s.publish_calls,
+                    ),
                 ]
             }
         }
