@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::command::Commands;
 use crate::cluster::{self, ClusterState};
+use crate::coalesce::{self, Bounds, Coalescer, Flush, ItemOutcome, Request};
 use crate::keys::Keys;
 use crate::lost_writes::Seen;
 use crate::presence;
@@ -27,8 +28,9 @@ use crate::subscriber::{self, SubscriberWriter};
 use crate::topology::Topology;
 use crate::{RedisLayerConfig, RedisLayerError, supervisor};
 
-/// Most messages sent in one script call by `publish_batch`: bounds how long one call
-/// keeps Redis busy, and the size of one request.
+/// Most messages of one `publish_batch` or `publish_idempotent` call sent as one request
+/// (published together in one script call); larger calls go in requests of this size, one
+/// after the other.
 const BATCH_CHUNK: usize = 256;
 
 /// A layer backed by Redis: any number of herald nodes on one Redis (and one prefix)
@@ -43,7 +45,8 @@ pub struct RedisLayer {
 struct Inner {
     shared: Arc<Shared>,
     cancel: CancellationToken,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The supervisor and the publish flusher.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -88,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) probe: Probe,
     /// What this node saw of each group's position, against lost acknowledged writes.
     pub(crate) seen: Seen,
+    /// The queue of publishes waiting for a script call (`coalesce.rs`).
+    publisher: Coalescer,
 }
 
 /// Where a layer's connections go.
@@ -129,6 +134,13 @@ pub struct RedisStats {
     /// Redis Cluster: delivery gaps history could not cover (left to the connections'
     /// own checks), or whose history read failed.
     pub gap_fill_failures: u64,
+    /// Publish script calls made: fewer than the messages published when concurrent
+    /// publishes were coalesced.
+    pub publish_calls: u64,
+    /// The most messages one publish script call carried.
+    pub publish_largest_call: u64,
+    /// Messages waiting for a publish script call now (not a total).
+    pub publish_queued: u64,
 }
 
 /// One counter; `Relaxed` everywhere because each is read alone, for reporting only.
@@ -211,14 +223,26 @@ impl RedisLayer {
             stats: Counters::default(),
             node: format!("{:016x}", fastrand::u64(..)),
             seen: Seen::default(),
+            publisher: Coalescer::new(Bounds {
+                max_items: config.publish_batch_max,
+                max_bytes: config.publish_batch_max_bytes,
+                in_flight: config.publish_in_flight,
+                queue: config.publish_queue,
+            }),
             config,
         });
         let cancel = CancellationToken::new();
-        let task = runtime.spawn(supervisor::run(shared.clone(), cancel.clone()));
+        let supervisor = runtime.spawn(supervisor::run(shared.clone(), cancel.clone()));
+        let flusher = {
+            let (shared, cancel) = (shared.clone(), cancel.clone());
+            runtime.spawn(async move {
+                coalesce::run(&shared.publisher, &*shared, &cancel).await;
+            })
+        };
         let inner = Arc::new(Inner {
             shared,
             cancel,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(vec![supervisor, flusher]),
         });
         Ok((Self { inner }, rx))
     }
@@ -227,9 +251,9 @@ impl RedisLayer {
     /// closed. Afterwards every call fails with `LayerError::Closed`. Idempotent.
     pub async fn close(&self) {
         self.inner.cancel.cancel();
-        let task = lock(&self.inner.task).take();
-        if let Some(task) = task {
-            // The task stops at its next await point; an error means it panicked, which
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for task in tasks {
+            // Each task stops at its next await point; an error means it panicked, which
             // it already reported.
             let _ = task.await;
         }
@@ -251,6 +275,9 @@ impl RedisLayer {
                     .as_ref()
                     .map_or(0, ClusterState::probe_failures),
             ),
+            publish_calls: self.inner.shared.publisher.stats().0,
+            publish_largest_call: self.inner.shared.publisher.stats().1,
+            publish_queued: u64::try_from(self.inner.shared.publisher.queued()).unwrap_or(u64::MAX),
             probe_round_trip: self.inner.shared.probe.round_trip(),
             lost_writes: self.inner.shared.seen.lost.get(),
             gap_fills: self.inner.shared.cluster.as_ref().map_or(0, |c| {
@@ -301,47 +328,51 @@ impl RedisLayer {
         }
     }
 
-    /// Publishes up to one chunk in one script call.
-    async fn publish_chunk(
-        &self,
-        items: &[KeyedItem],
-        window: Duration,
-    ) -> Result<Vec<Published>, LayerError> {
-        self.check_open()?;
-        let shared = &self.inner.shared;
-        let (session, mut conn) = shared.command_connection()?;
-        let call = scripts::publish(&mut conn, &shared.keys, shared.limits, window, items);
-        match tokio::time::timeout(shared.config.command_timeout, call).await {
-            Ok(Ok(published)) => {
-                for (item, p) in items.iter().zip(&published) {
-                    shared.seen.acked(&item.group, &p.position);
-                }
-                Ok(published)
-            }
-            Ok(Err(e)) => Err(shared.command_failed(session, e)),
-            Err(_) => Err(shared.timed_out()),
-        }
-    }
-
-    /// Publishes keyed items in chunks of [`BATCH_CHUNK`].
-    async fn publish_chunks(
+    /// Publishes up to one chunk as one request: queued, and sent in a script call with
+    /// whatever other publishes are waiting (`coalesce.rs`).
+    async fn publish_request(
         &self,
         items: Vec<KeyedItem>,
         window: Duration,
     ) -> Result<Vec<Published>, (usize, LayerError)> {
+        self.check_open().map_err(|e| (0, e))?;
+        let shared = &self.inner.shared;
+        // Fail fast while disconnected, without queueing.
+        shared.command_connection().map_err(|e| (0, e))?;
+        shared
+            .publisher
+            .submit(
+                &**shared,
+                Request { items, window },
+                shared.config.command_timeout,
+            )
+            .await
+    }
+
+    /// Publishes keyed items in requests of [`BATCH_CHUNK`], one after the other.
+    async fn publish_chunks(
+        &self,
+        mut items: Vec<KeyedItem>,
+        window: Duration,
+    ) -> Result<Vec<Published>, (usize, LayerError)> {
+        let cluster = self.inner.shared.cluster.is_some();
+        if items.len() <= BATCH_CHUNK && !cluster {
+            return self.publish_request(items, window).await;
+        }
         let mut published = Vec::with_capacity(items.len());
-        for chunk in items.chunks(BATCH_CHUNK) {
-            // On Redis Cluster one script call may only touch one slot's keys.
-            let runs = match self.inner.shared.cluster {
-                Some(_) => ClusterState::slot_runs(&self.inner.shared.keys, chunk),
-                None => std::iter::once(0..chunk.len()).collect(),
-            };
-            for run in runs {
-                let Some(part) = chunk.get(run) else { continue };
-                match self.publish_chunk(part, window).await {
-                    Ok(mut done) => published.append(&mut done),
-                    Err(e) => return Err((published.len(), e)),
-                }
+        while !items.is_empty() {
+            let mut take = items.len().min(BATCH_CHUNK);
+            if cluster {
+                // On Redis Cluster one script call may only touch one slot's keys: a
+                // request holds one slot's run of messages.
+                let runs = ClusterState::slot_runs(&self.inner.shared.keys, &items[..take]);
+                take = runs.first().map_or(take, |run| run.end);
+            }
+            let rest = items.split_off(take);
+            let chunk = std::mem::replace(&mut items, rest);
+            match self.publish_request(chunk, window).await {
+                Ok(mut done) => published.append(&mut done),
+                Err((n, e)) => return Err((published.len().saturating_add(n), e)),
             }
         }
         Ok(published)
@@ -372,8 +403,9 @@ impl fmt::Debug for RedisLayer {
 impl Layer for RedisLayer {
     async fn publish(&self, group: &GroupName, payload: Payload) -> Result<Position, LayerError> {
         let mut published = self
-            .publish_chunk(&[unkeyed(group.clone(), payload)], NO_WINDOW)
-            .await?;
+            .publish_request(vec![unkeyed(group.clone(), payload)], NO_WINDOW)
+            .await
+            .map_err(|(_, e)| e)?;
         // The script returns one position per message; `scripts::publish` checked the count.
         published
             .pop()
@@ -381,8 +413,9 @@ impl Layer for RedisLayer {
             .ok_or_else(|| LayerError::Unavailable("redis returned no position".to_owned()))
     }
 
-    /// Publishes in script calls of up to 256 messages, each one round trip; the
-    /// messages of one call are published all together or not at all.
+    /// Publishes in requests of up to 256 messages, each published in one script call
+    /// (shared with concurrent publishes); a request is published up to its first
+    /// message that Redis refuses.
     async fn publish_batch(
         &self,
         items: Vec<(GroupName, Payload)>,
@@ -669,5 +702,49 @@ impl Shared {
             "redis did not answer within {:?}",
             self.config.command_timeout
         ))
+    }
+}
+
+/// The layer's one command path: every batch goes to the current session's connection.
+impl Flush for Shared {
+    /// Redis Cluster: a script call only names keys of one slot, so requests (each of one
+    /// slot, see `publish_chunks`) share a call only with requests of the same slot.
+    fn partition(&self, request: &Request) -> u64 {
+        match (&self.cluster, request.items.first()) {
+            (Some(_), Some(item)) => u64::from(cluster::slot_of_group(&self.keys, &item.group)),
+            _ => 0,
+        }
+    }
+
+    async fn flush(&self, batch: &[Request]) -> Result<Vec<ItemOutcome>, LayerError> {
+        let (session, mut conn) = self.command_connection()?;
+        let call = scripts::publish(&mut conn, &self.keys, self.limits, batch);
+        let outcomes = match tokio::time::timeout(self.config.command_timeout, call).await {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(e)) => return Err(self.command_failed(session, e)),
+            Err(_) => return Err(self.timed_out()),
+        };
+        // What this node acknowledged, against lost writes after a failover.
+        let items = batch.iter().flat_map(|request| request.items.iter());
+        for (item, outcome) in items.zip(&outcomes) {
+            if let Ok(published) = outcome {
+                self.seen.acked(&item.group, &published.position);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.map_err(|why| match why {
+                    Some(why) => {
+                        self.stats.unavailable.increment();
+                        tracing::warn!(prefix = %self.config.prefix, error = %why, "redis refused a message");
+                        LayerError::Unavailable(format!("redis refused the message: {why}"))
+                    }
+                    None => LayerError::Unavailable(
+                        "not published: an earlier message of the same call failed".to_owned(),
+                    ),
+                })
+            })
+            .collect())
     }
 }

@@ -6,10 +6,25 @@
 //!
 //! # How it works
 //!
-//! - **Publish** is one round trip: a Lua script (`EVALSHA`) creates the group's epoch if
-//!   it has none, increments its offset, appends the message to its history stream
-//!   (trimmed to `history.max_len` entries and `history.max_bytes` bytes), refreshes the TTL of the group's keys to
-//!   `history.max_age`, and `PUBLISH`es an envelope on the group's channel.
+//! - **Publish** goes through a small queue (`coalesce.rs`): concurrent publishes
+//!   coalesce into one Lua script call (`EVALSHA`). A lone publish is sent at once, by
+//!   its own caller (no timer, no hand-off); while a call is in flight (`publish_in_flight`, default 1), new publishes
+//!   queue and go out together when it returns, up to `publish_batch_max` messages
+//!   (default 256) and `publish_batch_max_bytes` payload bytes (default 1 MiB) per call;
+//!   the queue holds at most `publish_queue` messages (default 4096), publishers beyond
+//!   wait up to `command_timeout` for room. A batch may mix groups. For each message the
+//!   script creates the group's epoch if it has none, takes the next offset, appends the
+//!   message to its history stream (trimmed to `history.max_len` entries and
+//!   `history.max_bytes` bytes) and `PUBLISH`es an envelope on the group's channel; it
+//!   refreshes the TTL of a group's keys at most once a second (to `history.max_age`
+//!   plus that second, so keys never expire sooner than `max_age` after the last
+//!   message). Each message runs under `pcall` and has its own outcome: one that Redis
+//!   refuses fails its own publisher (a `publish_batch` request stops at it), not the
+//!   others of the call; a call that fails as a whole fails the publishers of that call
+//!   only. Answers are given in call order, so two publishes to one group resolve in
+//!   the order of their offsets. `RedisStats::publish_calls` counts the calls.
+//!   In a Redis Cluster a call may only touch one hash slot: there `Flush::partition`
+//!   returns the group's slot and the flusher batches per slot (one flusher per shard).
 //! - **History** is one atomic script call too, so the current position and the messages
 //!   come from one instant. Messages older than `history.max_age` are not part of it.
 //! - **Delivery**: one dedicated subscriber connection (RESP2 pub/sub) per layer, which
@@ -17,7 +32,9 @@
 //!   applies many changes in one write (one `SUBSCRIBE` naming every channel to add, one
 //!   `UNSUBSCRIBE` for those to drop, at most 1024 channels a command), which the server's
 //!   subscriptions task uses to turn a connect storm into a few round trips. Frames are read only when
-//!   `Incoming` has room, so a slow reader leaves the backlog in Redis, not in herald.
+//!   `Incoming` has room, so a slow reader leaves the backlog in Redis, not in herald. The
+//!   messages decoded from one read (up to 256) are handed to `Incoming` together when
+//!   there is room for all of them, not one wake-up at a time.
 //! - **Wanted groups**: the layer's `wanted` set is the one record of which groups this
 //!   node wants (`RedisLayer::is_subscribed`); the server's subscriptions task keeps no
 //!   copy and compares its hub with it. `subscribe`/`unsubscribe` change the set first and
@@ -25,7 +42,7 @@
 //!   with `Unavailable` but the change stays recorded, and the command already written
 //!   (or the re-subscription after a reconnect) brings Redis in line when it catches up.
 //!   Messages are delivered only for groups in the set.
-//! - **Commands** (publish, history) share one multiplexed connection.
+//! - **Commands** (publish calls, history, presence) share one multiplexed connection.
 //! - **Readiness** proves the pub/sub path (`probe.rs`): every `probe_interval` the
 //!   layer publishes a sequence number on its private probe channel through the command
 //!   connection and expects it back on the subscriber connection. While one stays
@@ -143,8 +160,8 @@
 //!
 //! | name | type | content | TTL |
 //! |---|---|---|---|
-//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry) | `history.max_age`, refreshed by each publish; set when `history` creates the epoch |
-//! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | `history.max_age`, refreshed by each publish |
+//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry), `x`: when a publish last refreshed the TTLs (Unix ms) | `history.max_age` + up to 1 s, refreshed by a publish at most once a second (and at once when it creates the stream or the epoch); `history.max_age` when `history` creates the epoch |
+//! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | as the meta key, refreshed with it |
 //! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
 //! | `{prefix}:{{group}}:presence` | hash | one field per node with connections in the group: `{valid_until_ms}\n{connections}\n{subs}` (see `presence.rs`) | the writer's presence `ttl`, refreshed by each update; expired fields are skipped and deleted by reads |
 //! | `{prefix}:{{group}}:occ` | hash | only with webhooks: the group is occupied (`since`; `empty_since` while no node has a connection) | none: deleted by the `vacate` that reports the group vacated |
@@ -237,7 +254,9 @@
 //! # Layout
 //!
 //! - `layer.rs`: [`RedisLayer`], its `Layer` impl and the state shared with the task.
-//! - `topology.rs`: [`Topology`], the deployment a URL names (one Redis or Sentinel).
+//! - `topology.rs`: [`Topology`], the deployment a URL names (one Redis, Sentinel or a cluster).
+//! - `coalesce.rs`: the publish queue and its flusher task (generic over a command path,
+//!   so a sharded layer can run one per shard).
 //! - `supervisor.rs`: the task that connects, reconnects and re-subscribes.
 //! - `sentinel.rs`: finding the master through Sentinel and following its changes.
 //! - `lost_writes.rs`: the positions seen per group, and the resets after lost writes.
@@ -246,13 +265,13 @@
 //! - `scripts.rs`: the publish and history Lua scripts and their replies.
 //! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
 //! - `config.rs`, `error.rs`: [`RedisLayerConfig`] and [`RedisLayerError`].
-//! - `topology.rs`: which deployment a URL names (single Redis or cluster).
 //! - `cluster/`: Redis Cluster mode: its supervisor and subscription changes (`mod.rs`),
 //!   the shard connections (`shard.rs`), slots and the slot map (`slots.rs`), gap repair
 //!   (`gap.rs`), the occupied index (`presence.rs`), and the command connection of either
 //!   deployment (`command.rs`).
 
 mod cluster;
+mod coalesce;
 mod config;
 mod envelope;
 mod error;

@@ -13,18 +13,32 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{Epoch, GroupName, History, KeyedItem, Message, Position, Published};
+use herald_core::{Epoch, GroupName, History, Message, Position, Published};
 use redis::Value;
 
+use crate::coalesce::Request;
 use crate::envelope;
 use crate::keys::Keys;
 
-/// Publishes a batch of messages: for each, creates the group's epoch if it has none,
-/// takes the next offset, appends to the history stream (trimming the oldest entries past
-/// `max_len` entries or `max_bytes` bytes), refreshes the expiry of the group's keys and
-/// PUBLISHes the envelope. A message with an idempotency key whose key already holds a
-/// position (published within the window, by any node) publishes nothing and answers that
-/// position; otherwise the key is set to the new position for the window.
+/// Publishes a batch of messages, possibly of many groups and many requests (see
+/// `coalesce.rs`): for each, creates the group's epoch if it has none, takes the next
+/// offset, appends to the history stream (trimming the oldest entries past `max_len`
+/// entries or `max_bytes` bytes) and PUBLISHes the envelope. A message with an
+/// idempotency key whose key already holds a position (published within the window, by
+/// any node) publishes nothing and answers that position; otherwise the key is set to the
+/// new position for the window.
+///
+/// Work per message is kept small (see bench/PROFILE.md): a group's meta fields and stream
+/// length are read once per call (`HMGET`, `XLEN`), then each message costs `XADD`, one
+/// `HSET` of `o` and `b`, and `PUBLISH`. The keys' TTL is refreshed at most once per
+/// `refresh` ms per group (the time of the last refresh is the meta field `x`), to
+/// `ttl + refresh`, so an idle group's keys still live at least `ttl` after its last
+/// message. A call that (re)creates the stream or the epoch refreshes at once, so no key
+/// is ever left without a TTL. `TIME` is called once per call.
+///
+/// Each message runs under `pcall`: one that Redis refuses (e.g. a key of the wrong type)
+/// answers its error and the rest of the batch goes on; the later messages of the same
+/// request are then skipped, so a request is published up to its first failure.
 ///
 /// The stream's size in bytes (payloads plus `overhead` per entry) is kept in the meta
 /// hash's `b` field. A payload larger than `max_bytes` is not kept, and the entries before
@@ -32,33 +46,55 @@ use crate::keys::Keys;
 ///
 /// KEYS: for message i, `meta` at 3i-2, `stream` at 3i-1, its idempotency key at 3i (the
 /// meta key again when the message has none: every key is declared, none is unused).
-/// ARGV: ttl ms, max_len, candidate epoch, window ms, max_bytes, overhead, then for
-/// message i: channel, kind, payload, idempotency key ('' for none).
-/// Returns: offset, epoch and 1 if a duplicate else 0, of each message, flattened.
+/// ARGV: ttl ms, max_len, candidate epoch, refresh ms, max_bytes, overhead, then for
+/// message i: channel, kind, payload, idempotency key ('' for none), window ms, request.
+/// Returns, flattened, per message: offset, epoch, 0; or the first position, its epoch, 1
+/// for a duplicate; or 0, the error, 2 when Redis refused it; or 0, '', 3 when skipped.
 const PUBLISH_LUA: &str = r#"
 local ttl = tonumber(ARGV[1])
 local max_len = tonumber(ARGV[2])
 local candidate = ARGV[3]
-local window = tonumber(ARGV[4])
+local refresh = tonumber(ARGV[4])
 local max_bytes = tonumber(ARGV[5])
 local overhead = tonumber(ARGV[6])
 local now = redis.call('TIME')
-local now_ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
-local out = {}
--- One message, as before idempotency keys existed: returns its offset and epoch.
-local function publish_one(meta, stream, channel, kind, data)
-  if redis.call('HSETNX', meta, 'e', candidate) == 1 then
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local now_text = string.format('%d', now_ms)
+-- Per group (by meta key): what this call knows of it, read once.
+local groups = {}
+local order = {}
+local function load(meta, stream)
+  local g = groups[meta]
+  if g then return g end
+  local f = redis.call('HMGET', meta, 'e', 'o', 'b', 'x')
+  g = {meta = meta, stream = stream, epoch = f[1], offset = tonumber(f[2]) or 0,
+       bytes = tonumber(f[3]) or 0, refreshed = tonumber(f[4]), len = 0, touch = false}
+  if not g.epoch then
     -- A new history begins: entries left over from a lost one must not mix in.
+    redis.call('HSET', meta, 'e', candidate)
     redis.call('DEL', stream)
+    g.epoch = candidate
+    g.bytes = 0
+    g.touch = true
+  elseif max_len > 0 then
+    g.len = redis.call('XLEN', stream)
   end
-  local epoch = redis.call('HGET', meta, 'e')
-  local offset = redis.call('HINCRBY', meta, 'o', 1)
+  groups[meta] = g
+  order[#order + 1] = g
+  return g
+end
+local function publish_one(meta, stream, channel, kind, data)
+  local g = load(meta, stream)
+  local offset = g.offset + 1
   local cost = #data + overhead
+  local bytes, len = g.bytes, g.len
   if max_len > 0 and cost <= max_bytes then
     redis.call('XADD', stream, string.format('%d-0', offset),
-      'k', kind, 'd', data, 't', now_ms)
-    local bytes = redis.call('HINCRBY', meta, 'b', cost)
-    local len = redis.call('XLEN', stream)
+      'k', kind, 'd', data, 't', now_text)
+    -- A stream created now has no TTL yet: refresh at the end of this call.
+    if len == 0 then g.touch = true end
+    bytes = bytes + cost
+    len = len + 1
     while len > max_len or bytes > max_bytes do
       local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
       if oldest == nil then break end
@@ -67,41 +103,71 @@ local function publish_one(meta, stream, channel, kind, data)
         if fields[j] == 'd' then size = #fields[j + 1] end
       end
       redis.call('XDEL', stream, oldest[1])
-      bytes = redis.call('HINCRBY', meta, 'b', -(size + overhead))
+      bytes = bytes - (size + overhead)
       len = len - 1
     end
-    redis.call('PEXPIRE', stream, ttl)
   else
     redis.call('DEL', stream)
-    redis.call('HSET', meta, 'b', 0)
+    bytes, len = 0, 0
   end
-  redis.call('PEXPIRE', meta, ttl)
+  redis.call('HSET', meta, 'o', offset, 'b', bytes)
+  g.offset, g.bytes, g.len = offset, bytes, len
   redis.call('PUBLISH', channel,
-    string.char(1) .. kind .. string.format('%d', offset) .. ':' .. epoch .. '\n' .. data)
-  return offset, epoch
+    string.char(1) .. kind .. string.format('%d', offset) .. ':' .. g.epoch .. '\n' .. data)
+  return offset, g.epoch
 end
+local function message(meta, stream, once, channel, kind, data, key, window)
+  if key ~= '' then
+    local first = redis.call('GET', once)
+    if first then
+      -- A retry: publish nothing, answer the first message's position.
+      local offset, epoch = string.match(first, '^(%d+):(.*)$')
+      return tonumber(offset), epoch, 1
+    end
+  end
+  local offset, epoch = publish_one(meta, stream, channel, kind, data)
+  if key ~= '' then
+    redis.call('SET', once, string.format('%d', offset) .. ':' .. epoch, 'PX', window)
+  end
+  return offset, epoch, 0
+end
+local function why(e)
+  if type(e) == 'table' then return tostring(e.err or e[1] or 'error') end
+  return tostring(e)
+end
+local out = {}
+local failed = {}
 for i = 1, #KEYS / 3 do
   local meta, stream, once = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local a = 7 + (i - 1) * 4
-  local channel, kind, data, key = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local first = nil
-  if key ~= '' then
-    first = redis.call('GET', once)
-  end
-  if first then
-    -- A retry: publish nothing, answer the first message's position.
-    local offset, epoch = string.match(first, '^(%d+):(.*)$')
-    out[#out + 1] = tonumber(offset)
-    out[#out + 1] = epoch
-    out[#out + 1] = 1
-  else
-    local offset, epoch = publish_one(meta, stream, channel, kind, data)
-    if key ~= '' then
-      redis.call('SET', once, string.format('%d', offset) .. ':' .. epoch, 'PX', window)
-    end
-    out[#out + 1] = offset
-    out[#out + 1] = epoch
+  local a = 7 + (i - 1) * 6
+  local request = ARGV[a + 5]
+  if failed[request] then
     out[#out + 1] = 0
+    out[#out + 1] = ''
+    out[#out + 1] = 3
+  else
+    local ok, offset, epoch, flag = pcall(message, meta, stream, once,
+      ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+    if ok then
+      out[#out + 1] = offset
+      out[#out + 1] = epoch
+      out[#out + 1] = flag
+    else
+      failed[request] = true
+      out[#out + 1] = 0
+      out[#out + 1] = why(offset)
+      out[#out + 1] = 2
+    end
+  end
+end
+-- Refresh each group's TTL at most once per `refresh` ms (or now, for new keys).
+for _, g in ipairs(order) do
+  if g.touch or g.refreshed == nil or now_ms - g.refreshed >= refresh then
+    pcall(function()
+      redis.call('PEXPIRE', g.stream, ttl + refresh)
+      redis.call('HSET', g.meta, 'x', now_text)
+      redis.call('PEXPIRE', g.meta, ttl + refresh)
+    end)
   end
 end
 return out
@@ -215,6 +281,12 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// Least time between two TTL refreshes of a group's keys: 1 s, or a tenth of the
+    /// TTL when that is shorter (at least 1 ms).
+    pub(crate) fn refresh_ms(&self) -> u64 {
+        (self.max_age_ms / 10).clamp(1, 1000)
+    }
+
     pub(crate) fn new(max_age: Duration, max_len: usize, max_bytes: usize) -> Self {
         // At least 1 ms: PEXPIRE 0 would delete the keys on the spot.
         let max_age_ms = u64::try_from(max_age.as_millis())
@@ -228,21 +300,22 @@ impl Limits {
     }
 }
 
-/// Runs the publish script for `items` (group, payload, idempotency key); returns their
-/// positions in order, each with whether it was a duplicate.
+/// The outcome of one message in a publish call: its position, or the error text Redis
+/// gave for it (`None` when it was skipped after an earlier message of its request failed).
+pub(crate) type Outcome = Result<Published, Option<String>>;
+
+/// Runs the publish script for every message of `requests`, in order; returns one outcome
+/// per message.
 pub(crate) async fn publish<C>(
     conn: &mut C,
     keys: &Keys,
     limits: Limits,
-    window: Duration,
-    items: &[KeyedItem],
-) -> Result<Vec<Published>, ScriptError>
+    requests: &[Request],
+) -> Result<Vec<Outcome>, ScriptError>
 where
     C: redis::aio::ConnectionLike + Send,
 {
     let candidate = Epoch::random();
-    // At least 1 ms: SET PX 0 is an error.
-    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
     let script = if keys.is_sharded() {
         &*PUBLISH_SHARDED
     } else {
@@ -253,45 +326,63 @@ where
         .arg(limits.max_age_ms)
         .arg(limits.max_len)
         .arg(candidate.as_str())
-        .arg(window_ms)
+        .arg(limits.refresh_ms())
         .arg(limits.max_bytes)
         .arg(herald_core::HISTORY_ENTRY_OVERHEAD);
-    for item in items {
-        let group = &item.group;
-        let once = match &item.key {
-            Some(key) => keys.idempotency(group, key),
-            None => keys.meta(group),
-        };
-        invocation
-            .key(keys.meta(group))
-            .key(keys.stream(group))
-            .key(once)
-            .arg(keys.channel(group))
-            .arg(envelope::kind_of(&item.payload))
-            .arg(&item.payload.data()[..])
-            .arg(item.key.as_deref().unwrap_or(""));
+    let mut count = 0usize;
+    for (r, request) in requests.iter().enumerate() {
+        // At least 1 ms: SET PX 0 is an error.
+        let window_ms = u64::try_from(request.window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        for item in &request.items {
+            let group = &item.group;
+            let once = match &item.key {
+                Some(key) => keys.idempotency(group, key),
+                None => keys.meta(group),
+            };
+            invocation
+                .key(keys.meta(group))
+                .key(keys.stream(group))
+                .key(once)
+                .arg(keys.channel(group))
+                .arg(envelope::kind_of(&item.payload))
+                .arg(&item.payload.data()[..])
+                .arg(item.key.as_deref().unwrap_or(""))
+                .arg(window_ms)
+                .arg(r);
+            count = count.saturating_add(1);
+        }
     }
     let reply: Value = invocation.invoke_async(conn).await?;
     let Value::Array(values) = reply else {
         return Err(BadReply("publish reply is not an array").into());
     };
-    if values.len() != items.len() * 3 {
+    if values.len() != count.saturating_mul(3) {
         return Err(BadReply("publish reply has the wrong length").into());
     }
-    let mut published = Vec::with_capacity(items.len());
+    let mut outcomes = Vec::with_capacity(count);
     let mut values = values.into_iter();
-    while let (Some(offset), Some(epoch), Some(duplicate)) =
+    while let (Some(offset), Some(epoch), Some(flag)) =
         (values.next(), values.next(), values.next())
     {
-        published.push(Published {
-            position: Position {
-                offset: as_offset(offset)?,
-                epoch: as_epoch(epoch)?,
-            },
-            duplicate: matches!(duplicate, Value::Int(1)),
-        });
+        let outcome = match flag {
+            Value::Int(0) | Value::Int(1) => Ok(Published {
+                position: Position {
+                    offset: as_offset(offset)?,
+                    epoch: as_epoch(epoch)?,
+                },
+                duplicate: matches!(flag, Value::Int(1)),
+            }),
+            Value::Int(2) => Err(Some(
+                String::from_utf8_lossy(&as_bytes(epoch)?).into_owned(),
+            )),
+            Value::Int(3) => Err(None),
+            _ => return Err(BadReply("publish outcome flag is not 0 to 3").into()),
+        };
+        outcomes.push(outcome);
     }
-    Ok(published)
+    Ok(outcomes)
 }
 
 /// Runs the history script for `group`.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::{GroupName, LayerError};
+use herald_core::{GroupName, LayerError, Message};
 use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -293,22 +293,59 @@ pub(crate) async fn read_loop(
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Messages decoded from the buffer and not yet handed to `Incoming`: a run read in one
+    // go is handed over at once, not one wake-up of the pump per message.
+    let mut run: Vec<Message> = Vec::with_capacity(RUN_MAX);
     loop {
         loop {
-            match resp::parse(&mut reader.buf) {
-                Ok(Some(frame)) => {
-                    if let Some(end) = handle_frame(shared, &reader.replies, frame, cancel).await {
-                        return end;
-                    }
-                    // Waiting on a full `Incoming` is not silence from Redis.
-                    last_heard = Instant::now();
-                }
+            let frame = match resp::parse(&mut reader.buf) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(prefix = %shared.config.prefix, error = %e, "garbled subscriber connection; reconnecting");
                     return End::Lost;
                 }
+            };
+            let end = match message_of(shared, frame) {
+                Ok(Some(message)) => match shared.seen.live(&message) {
+                    Live::Deliver => {
+                        run.push(message);
+                        if run.len() < RUN_MAX {
+                            continue;
+                        }
+                        hand_over(shared, &mut run, cancel).await
+                    }
+                    // Published under an epoch this node already replaced: its clients
+                    // were reset.
+                    Live::Retired => None,
+                    // The messages before it go out first, then the group is reset.
+                    Live::Reassigned => match hand_over(shared, &mut run, cancel).await {
+                        Some(end) => Some(end),
+                        None => match lost_writes::reset_reassigned(shared, &message, cancel).await
+                        {
+                            Ok(()) => None,
+                            Err(why) => {
+                                tracing::warn!(prefix = %shared.config.prefix, error = %why, "reconnecting to reset a group");
+                                return End::Lost;
+                            }
+                        },
+                    },
+                },
+                Ok(None) => None,
+                // Anything else keeps its place after the messages before it.
+                Err(frame) => match hand_over(shared, &mut run, cancel).await {
+                    Some(end) => Some(end),
+                    None => handle_frame(shared, &reader.replies, frame),
+                },
+            };
+            if end == Some(End::Closed) {
+                return End::Closed;
             }
+            // Waiting on a full `Incoming` is not silence from Redis.
+            last_heard = Instant::now();
+        }
+        if hand_over(shared, &mut run, cancel).await == Some(End::Closed) {
+            return End::Closed;
         }
         reader.buf.reserve(READ_CHUNK);
         tokio::select! {
@@ -360,14 +397,37 @@ async fn ping(shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// Handles one frame; `Some(End::Closed)` when the layer closed while waiting for room,
-/// `Some(End::Lost)` when a lost-writes reset could not reach Redis.
-async fn handle_frame(
-    shared: &Shared,
-    replies: &Replies,
-    frame: Frame,
-    cancel: &CancellationToken,
-) -> Option<End> {
+/// Most messages decoded before they are handed to `Incoming`.
+const RUN_MAX: usize = 256;
+
+/// The message a pub/sub `message` frame carries, if it is for a wanted group: `Ok(None)`
+/// for one that is skipped (probe answers included), `Err(frame)` for any other frame.
+fn message_of(shared: &Shared, frame: Frame) -> Result<Option<Message>, Frame> {
+    let Frame::Array(Some(items)) = &frame else {
+        return Err(frame);
+    };
+    match items.first() {
+        Some(Frame::Bulk(Some(kind))) if &kind[..] == b"message" => {}
+        _ => return Err(frame),
+    }
+    let Frame::Array(Some(items)) = frame else {
+        return Ok(None);
+    };
+    let mut items = items.into_iter().skip(1);
+    match (items.next(), items.next()) {
+        (Some(Frame::Bulk(Some(channel))), Some(Frame::Bulk(Some(data)))) => {
+            Ok(decode(shared, &channel, data))
+        }
+        _ => {
+            shared.stats.decode_errors.increment();
+            tracing::warn!("malformed pub/sub message frame skipped");
+            Ok(None)
+        }
+    }
+}
+
+/// Handles one frame other than a message: answers to commands.
+fn handle_frame(shared: &Shared, replies: &Replies, frame: Frame) -> Option<End> {
     match frame {
         Frame::Array(Some(items)) => {
             let mut items = items.into_iter();
@@ -379,16 +439,6 @@ async fn handle_frame(
                 }
             };
             match &kind[..] {
-                b"message" => match (items.next(), items.next()) {
-                    (Some(Frame::Bulk(Some(channel))), Some(Frame::Bulk(Some(data)))) => {
-                        deliver(shared, &channel, data, cancel).await
-                    }
-                    _ => {
-                        shared.stats.decode_errors.increment();
-                        tracing::warn!("malformed pub/sub message frame skipped");
-                        None
-                    }
-                },
                 b"subscribe" | b"unsubscribe" | b"pong" => {
                     answer(shared, replies, false);
                     None
@@ -442,13 +492,9 @@ fn answer(shared: &Shared, replies: &Replies, whole: bool) {
     }
 }
 
-/// Decodes a message and hands it to `Incoming`, waiting for room.
-async fn deliver(
-    shared: &Shared,
-    channel: &[u8],
-    data: Bytes,
-    cancel: &CancellationToken,
-) -> Option<End> {
+/// Decodes a message for a wanted group; `None` for probe answers, unwanted groups and
+/// malformed envelopes (counted).
+fn decode(shared: &Shared, channel: &[u8], data: Bytes) -> Option<Message> {
     if channel == shared.probe.channel().as_bytes() {
         shared.probe.answered(&shared.config.prefix, &data);
         return None;
@@ -456,36 +502,45 @@ async fn deliver(
     // Only groups still wanted are delivered: between an unsubscribe and Redis' confirmation
     // messages may still arrive, and nobody on this node wants them any more.
     let group = shared.wanted_group_of_channel(channel)?;
-    let message = match envelope::decode(group, data) {
-        Ok(message) => message,
+    match envelope::decode(group, data) {
+        Ok(message) => {
+            shared.stats.received.increment();
+            Some(message)
+        }
         Err(e) => {
             shared.stats.decode_errors.increment();
             tracing::warn!(prefix = %shared.config.prefix, error = %e, "malformed envelope skipped");
-            return None;
-        }
-    };
-    shared.stats.received.increment();
-    match shared.seen.live(&message) {
-        Live::Deliver => {}
-        Live::Retired => return None,
-        Live::Reassigned => {
-            return match lost_writes::reset_reassigned(shared, &message, cancel).await {
-                Ok(()) => None,
-                Err(why) => {
-                    tracing::warn!(prefix = %shared.config.prefix, error = %why, "reconnecting to reset a group");
-                    Some(End::Lost)
-                }
-            };
-        }
-    }
-    tokio::select! {
-        _ = cancel.cancelled() => Some(End::Closed),
-        permit = shared.tx.reserve() => {
-            // An error means nobody reads `Incoming` any more: the message has no taker.
-            if let Ok(permit) = permit {
-                permit.send(message);
-            }
             None
         }
     }
+}
+
+/// Hands `run` to `Incoming` and empties it: all at once when there is room for the
+/// whole run, else one by one, waiting for room. `Some(End::Closed)` when the layer
+/// closed while waiting.
+async fn hand_over(
+    shared: &Shared,
+    run: &mut Vec<Message>,
+    cancel: &CancellationToken,
+) -> Option<End> {
+    if run.is_empty() {
+        return None;
+    }
+    if let Ok(permits) = shared.tx.try_reserve_many(run.len()) {
+        for (permit, message) in permits.zip(run.drain(..)) {
+            permit.send(message);
+        }
+        return None;
+    }
+    for message in run.drain(..) {
+        tokio::select! {
+            _ = cancel.cancelled() => return Some(End::Closed),
+            permit = shared.tx.reserve() => match permit {
+                Ok(permit) => permit.send(message),
+                // Nobody reads `Incoming` any more: the messages have no taker.
+                Err(_) => return None,
+            },
+        }
+    }
+    None
 }

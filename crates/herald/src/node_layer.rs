@@ -272,6 +272,11 @@ impl NodeLayer {
                         "Redis Cluster: delivery gaps history could not cover (left to the connections' checks).",
                         s.gap_fill_failures,
                     ),
+                    (
+                        "herald_redis_publish_calls_total",
+                        "Publish script calls to Redis; fewer than messages published when concurrent publishes coalesced.",
+                        s.publish_calls,
+                    ),
                 ]);
                 metrics
             }

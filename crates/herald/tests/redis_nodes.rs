@@ -419,6 +419,11 @@ async fn readyz_503_within_two_probe_intervals_of_a_hung_redis_then_200() {
     }
     assert_eq!(get_status(a.addr, "/readyz").await, 200);
     assert_eq!(metric(a.addr, "herald_redis_probe_failures_total").await, 0);
+    // A publish is one script call, counted.
+    assert_eq!(metric(a.addr, "herald_redis_publish_calls_total").await, 0);
+    let (status, _) = a.publish(r#"{"group":"user.1","text":"hi"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(a.addr, "herald_redis_publish_calls_total").await, 1);
 
     // The sockets stay open but nothing comes back.
     redis.pause();

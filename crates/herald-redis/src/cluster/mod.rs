@@ -552,6 +552,11 @@ async fn reconcile(
     let _ = write_changes(shared, &mut shards, groups.iter()).await;
 }
 
+/// The hash slot of `group`'s keys (they share one through the `{group}` hash tag).
+pub(crate) fn slot_of_group(keys: &Keys, group: &GroupName) -> u16 {
+    slots::slot_of(keys.meta(group).as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use herald_core::{GroupName, KeyedItem, Payload};
