@@ -128,7 +128,7 @@ impl Seen {
     }
 
     /// Every group with what was seen of it: (group, epoch, highest offset).
-    fn snapshot(&self) -> Vec<(GroupName, Epoch, u64)> {
+    pub(crate) fn snapshot(&self) -> Vec<(GroupName, Epoch, u64)> {
         self.lock()
             .iter()
             .filter(|(_, e)| e.live.max(e.acked) > 0)
@@ -176,8 +176,23 @@ pub(crate) async fn check_after_connect(
     cancel: &CancellationToken,
 ) -> Result<(), String> {
     shared.seen.fence();
-    let groups = shared.seen.snapshot();
-    for batch in groups.chunks(CHECK_BATCH) {
+    check_groups(shared, conn, &shared.seen.snapshot(), CHECK_BATCH, cancel).await
+}
+
+/// Checks `groups` (as [`Seen::snapshot`] lists them) against the master, `batch` groups
+/// per script call: on Redis Cluster one call may only name one slot's keys, so a shard
+/// checks its groups one per call (`cluster/shard.rs`, after each shard connect).
+pub(crate) async fn check_groups<C>(
+    shared: &Shared,
+    conn: &mut C,
+    groups: &[(GroupName, Epoch, u64)],
+    batch: usize,
+    cancel: &CancellationToken,
+) -> Result<(), String>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    for batch in groups.chunks(batch.max(1)) {
         let call = scripts::reset_lost(conn, &shared.keys, batch);
         let checked = match tokio::time::timeout(shared.config.command_timeout, call).await {
             Ok(Ok(checked)) => checked,

@@ -10,14 +10,15 @@
 //! - when a re-subscription of a group with a remembered position is confirmed, the
 //!   messages after that position are read from history and delivered first (messages
 //!   published after the confirmation arrive live after them; the ones that overlap are
-//!   skipped by each connection, which drops offsets it already sent);
+//!   dropped here);
 //! - when a live message skips offsets (same epoch), the missing ones are read from
 //!   history and delivered before it.
 //!
 //! When history cannot cover the gap (trimmed, expired, or another epoch) nothing is
 //! invented: the live message is delivered as it is and the connections' own checks
-//! (epoch change → reset) take over. Offsets at or below the remembered one are passed
-//! on untouched: telling a duplicate from a lost write is the connections' job.
+//! (epoch change → reset) take over. A live offset at or below one this node saw live is
+//! a lost write (`lost_writes.rs`: the group gets a new epoch); one at or below the
+//! remembered position but never seen live was delivered by a repair and is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};

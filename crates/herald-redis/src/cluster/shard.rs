@@ -27,6 +27,7 @@ use super::gap;
 use super::slots::ShardKey;
 use crate::envelope;
 use crate::layer::Shared;
+use crate::lost_writes::{self, Live};
 use crate::probe::Probe;
 use crate::resp::{self, Frame};
 use crate::subscriber::End;
@@ -321,6 +322,7 @@ async fn session(
     let Some(cluster) = shared.cluster.as_ref() else {
         return End::Closed;
     };
+    let seen_here: Vec<_>;
     {
         // As in the single-node supervisor: holding the lock while reading the wanted set
         // orders this against every concurrent change of it.
@@ -333,6 +335,14 @@ async fn session(
             .wanted_snapshot()
             .into_iter()
             .filter(|g| shards.owner_of_group(shared, g) == Some(index))
+            .collect();
+        // The groups on this shard whose positions this node saw: checked for lost
+        // writes below, before the first message is read from the new connection.
+        seen_here = shared
+            .seen
+            .snapshot()
+            .into_iter()
+            .filter(|(g, _, _)| shards.owner_of_group(shared, g) == Some(index))
             .collect();
         let mut bytes = Vec::new();
         let mut expected = Vec::with_capacity(groups.len() + 2);
@@ -357,6 +367,12 @@ async fn session(
     }
     health.probe.reset();
     let mut history = commands.clone();
+    // A shard that failed over may have lost acknowledged writes: such groups get a new
+    // epoch (one script call per group: one slot per call) and this node's streams a reset.
+    if let Err(why) = lost_writes::check_groups(shared, &mut history, &seen_here, 1, token).await {
+        tracing::warn!(prefix = %shared.config.prefix, shard = %health.key.addr(), error = %why, "lost-writes check failed");
+        return End::Lost;
+    }
     tokio::select! {
         end = read_loop(shared, health, reader, &mut history, token) => end,
         () = probe_loop(shared, health, commands.clone()) => End::Lost,
@@ -658,12 +674,35 @@ async fn deliver(
         }
     };
     shared.stats.received.increment();
-    let mut batch = Vec::new();
-    if let Some(last) = shared
+    match shared.seen.live(&message) {
+        Live::Deliver => {}
+        // Published under an epoch this node already replaced: its clients were reset.
+        Live::Retired => return None,
+        Live::Reassigned => {
+            return match lost_writes::reset_reassigned(shared, &message, token).await {
+                Ok(()) => None,
+                Err(why) => {
+                    tracing::warn!(prefix = %shared.config.prefix, error = %why, "reconnecting to reset a group");
+                    Some(End::Lost)
+                }
+            };
+        }
+    }
+    let last = shared
         .cluster
         .as_ref()
         .and_then(|c| c.positions.last(&message.group))
-        && last.epoch == message.epoch
+        .filter(|last| last.epoch == message.epoch);
+    if last
+        .as_ref()
+        .is_some_and(|last| message.offset <= last.offset)
+    {
+        // Already delivered from history by a gap repair (a live offset this node never
+        // saw live, so not a lost write: that check came first).
+        return None;
+    }
+    let mut batch = Vec::new();
+    if let Some(last) = last
         && message.offset > last.offset.saturating_add(1)
     {
         let upto = message.offset.saturating_sub(1);
