@@ -133,8 +133,9 @@
 //!   low"), the message is dropped and a reset notice sent. Messages still carrying an
 //!   epoch this node retired are dropped (their streams were reset).
 //! - Every node runs the same checks; the script only replaces the epoch it was asked
-//!   about, so however many nodes notice, one new epoch results. Each reset is counted
-//!   (`RedisStats::lost_writes`, `herald_redis_lost_writes_total`) and logged.
+//!   about, so however many nodes notice, one new epoch results. Each detection is
+//!   counted (`RedisStats::lost_writes`, `herald_redis_lost_writes_total`) and logged:
+//!   one line per reconnect check, one line per burst of live ones.
 //! - `history(since)` answers `recovered: false` for a position of another epoch and for
 //!   one above the group's current offset under the same epoch.
 //!

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use herald_core::{Epoch, GroupName, Message, Payload, Position};
 use redis::aio::MultiplexedConnection;
@@ -53,7 +54,13 @@ pub(crate) struct Seen {
     map: Mutex<HashMap<GroupName, Entry>>,
     /// Groups found to have lost acknowledged writes, and reset.
     pub(crate) lost: Counter,
+    /// When a live reset was last logged, and how many happened since: one line per
+    /// burst (a failover can reset many groups at once).
+    log: Mutex<(Option<Instant>, u64)>,
 }
+
+/// The shortest time between two log lines about live resets.
+const LOG_QUIET: Duration = Duration::from_secs(10);
 
 impl Seen {
     fn lock(&self) -> MutexGuard<'_, HashMap<GroupName, Entry>> {
@@ -145,6 +152,21 @@ impl Seen {
         }
     }
 
+    /// Records one reset; `Some(n)` when a line should be logged now for the `n` resets
+    /// since the last line.
+    fn log_hit(&self) -> Option<u64> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.1 = log.1.saturating_add(1);
+        let now = Instant::now();
+        match log.0 {
+            Some(at) if now.saturating_duration_since(at) < LOG_QUIET => None,
+            _ => {
+                log.0 = Some(now);
+                Some(std::mem::take(&mut log.1))
+            }
+        }
+    }
+
     /// Whether `group` is remembered (for tests).
     #[cfg(test)]
     fn contains(&self, group: &GroupName) -> bool {
@@ -192,6 +214,8 @@ pub(crate) async fn check_groups<C>(
 where
     C: redis::aio::ConnectionLike + Send,
 {
+    let mut lost = 0u64;
+    let mut example = None;
     for batch in groups.chunks(batch.max(1)) {
         let call = scripts::reset_lost(conn, &shared.keys, batch);
         let checked = match tokio::time::timeout(shared.config.command_timeout, call).await {
@@ -204,7 +228,9 @@ where
                 continue;
             }
             if checked.reset {
-                report(shared, group, *offset, "after a reconnect");
+                shared.seen.lost.increment();
+                lost += 1;
+                example.get_or_insert((group.clone(), *offset));
             }
             // Reset here, by another node, or the group's keys are gone: either way this
             // node's streams of the old epoch are stale and must be told now, not at the
@@ -213,6 +239,16 @@ where
             shared.seen.replaced(group, old, &new);
             notify(shared, group, new, cancel).await;
         }
+    }
+    if let Some((group, offset)) = example {
+        // One line for the whole check, however many groups it reset.
+        tracing::warn!(
+            prefix = %shared.config.prefix,
+            groups = lost,
+            example = %group,
+            seen_offset = offset,
+            "redis lost acknowledged writes (failover?): these groups get a new epoch and their clients a stream reset"
+        );
     }
     Ok(())
 }
@@ -239,21 +275,19 @@ pub(crate) async fn reset_reassigned(
     // A group without an epoch any more starts a new one at its next publish; the
     // connections are reset to a random one meanwhile (any change resets them).
     let new = checked.and_then(|c| c.epoch).unwrap_or_else(Epoch::random);
-    report(shared, &message.group, message.offset, "live");
+    shared.seen.lost.increment();
+    if let Some(resets) = shared.seen.log_hit() {
+        tracing::warn!(
+            prefix = %shared.config.prefix,
+            group = %message.group,
+            offset = message.offset,
+            resets,
+            "redis reassigned an offset already seen (lost writes after a failover?): the group gets a new epoch and its clients a stream reset"
+        );
+    }
     shared.seen.replaced(&message.group, &message.epoch, &new);
     notify(shared, &message.group, new, cancel).await;
     Ok(())
-}
-
-fn report(shared: &Shared, group: &GroupName, offset: u64, when: &'static str) {
-    shared.seen.lost.increment();
-    tracing::warn!(
-        prefix = %shared.config.prefix,
-        group = %group,
-        seen_offset = offset,
-        when,
-        "redis lost acknowledged writes of a group (failover?): it gets a new epoch and its clients a stream reset"
-    );
 }
 
 async fn notify(shared: &Shared, group: &GroupName, epoch: Epoch, cancel: &CancellationToken) {
@@ -329,6 +363,16 @@ mod tests {
         seen.replaced(&g, &Epoch::new("E"), &Epoch::new("F"));
         assert_eq!(seen.live(&message(&g, 5, "E")), Live::Retired);
         assert_eq!(seen.live(&message(&g, 5, "F")), Live::Deliver);
+    }
+
+    #[test]
+    fn live_resets_are_logged_once_per_burst() {
+        let seen = Seen::default();
+        assert_eq!(seen.log_hit(), Some(1));
+        assert_eq!(seen.log_hit(), None);
+        assert_eq!(seen.log_hit(), None);
+        seen.log.lock().unwrap().0 = Some(Instant::now() - LOG_QUIET);
+        assert_eq!(seen.log_hit(), Some(3), "the line counts the quiet ones");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! reading history is what makes the replay gap-free; skipping is what makes it
 //! duplicate-free. SSE streams (`sse.rs`) resume through the same `Connection::resume`.
 //!
-//! After that, every live frame is checked exactly ([`classify`]): at or below the replay
+//! After that, every live frame is checked exactly (`classify`): at or below the replay
 //! horizon it is a replay duplicate (skipped); otherwise it must be the next offset. An
 //! offset at or below the last one sent but above the horizon (offsets went backwards
 //! under one epoch: a failover lost writes), an offset past the next one (a gap: the node

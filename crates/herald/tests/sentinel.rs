@@ -5,7 +5,7 @@
 //!   client ends with every acknowledged message once and in order or with an explicit
 //!   reset, delivery resumes within 10 s of the promotion, `/readyz` is 503 in the gap;
 //! - acknowledged writes lost in a failover reset the affected streams (4400, then
-//!   `recovered: false`), never silently;
+//!   `recovered: false`; SSE: `event: close` 4400, then `event: resync`), never silently;
 //! - an invalid Sentinel URL stops `herald serve` at start-up with the reason.
 
 mod support;
@@ -238,6 +238,54 @@ fn check_client(name: &str, seen: &[Seen], acked: &Acked) -> usize {
     resets
 }
 
+/// A raw SSE stream (HTTP/1.1, chunked): enough to find events and ids in its bytes.
+struct RawSse {
+    stream: tokio::net::TcpStream,
+    text: String,
+}
+
+impl RawSse {
+    async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = last_event_id {
+            request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        Self {
+            stream,
+            text: String::new(),
+        }
+    }
+
+    /// Reads until the bytes received contain `needle`; panics after `limit`.
+    async fn read_until(&mut self, needle: &str, limit: Duration) {
+        use tokio::io::AsyncReadExt;
+        let until = Instant::now() + limit;
+        let mut buf = vec![0u8; 4096];
+        while !self.text.contains(needle) {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(_) => panic!("stream ended without {needle:?}: {}", self.text),
+                Err(_) => panic!("no {needle:?} within {limit:?}: {}", self.text),
+            }
+        }
+    }
+
+    /// The last `id:` received.
+    fn last_id(&self) -> Option<String> {
+        self.text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("id: "))
+            .map(str::to_owned)
+    }
+}
+
 /// Publishes `text` to `user.{user}` through `addr`; (status, position if 200).
 async fn publish(addr: SocketAddr, user: usize, text: &str) -> (u16, Option<(String, u64)>) {
     let body = format!(r#"{{"group":"user.{user}","text":"{text}"}}"#);
@@ -460,6 +508,9 @@ async fn writes_lost_in_a_failover_reset_every_affected_client_never_silently() 
         let url = format!("ws://{}/message/1/stream/", node.addr);
         clients.push(V1Client::connect(&url, BTreeMap::new()).await.unwrap());
     }
+    // An SSE stream too, on the node that did not publish.
+    let mut sse = RawSse::open(b.addr, "/message/1/stream/", None).await;
+    sse.read_until("retry:", Duration::from_secs(5)).await;
     for i in 1..=3 {
         assert_eq!(publish(a.addr, 1, &i.to_string()).await.0, 200);
     }
@@ -478,6 +529,7 @@ async fn writes_lost_in_a_failover_reset_every_affected_client_never_silently() 
             assert_eq!(m.offset, i);
         }
     }
+    sse.read_until("data: 5\n", Duration::from_secs(5)).await;
     let epoch = clients[0].positions["user.1"].epoch.clone();
     set.kill_server(master);
     set.wait_new_master(master, Duration::from_secs(60)).await;
@@ -515,6 +567,31 @@ async fn writes_lost_in_a_failover_reset_every_affected_client_never_silently() 
             "client {i}: the lost writes are not silently resumed"
         );
         assert_ne!(w.epoch, epoch, "client {i}: a new epoch");
+    }
+    // The SSE stream ends with the same code; its resume from the last id is a resync.
+    sse.read_until(
+        "event: close\ndata: {\"code\":4400",
+        Duration::from_secs(30),
+    )
+    .await;
+    let id = sse.last_id().expect("an id");
+    assert!(id.starts_with("user.1:5:"), "{id}");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut resumed = RawSse::open(b.addr, "/message/1/stream/", Some(&id)).await;
+        resumed.read_until("\r\n\r\n", Duration::from_secs(5)).await;
+        if resumed.text.starts_with("HTTP/1.1 200") {
+            resumed
+                .read_until("event: resync", Duration::from_secs(5))
+                .await;
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "SSE resume refused: {}",
+            resumed.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
         a.metric("herald_redis_lost_writes_total").await
