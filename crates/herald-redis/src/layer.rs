@@ -280,8 +280,12 @@ impl RedisLayer {
         }
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
     /// Publishes up to one chunk in one script call.
-    async fn publish_chunk(
+    pub(crate) async fn publish_chunk(
         &self,
         items: &[KeyedItem],
         window: Duration,
@@ -305,17 +309,14 @@ impl RedisLayer {
     ) -> Result<Vec<Published>, (usize, LayerError)> {
         let mut published = Vec::with_capacity(items.len());
         for chunk in items.chunks(BATCH_CHUNK) {
-            // On Redis Cluster one script call may only touch one slot's keys.
-            let runs = match self.inner.shared.cluster {
-                Some(_) => ClusterState::slot_runs(&self.inner.shared.keys, chunk),
-                None => std::iter::once(0..chunk.len()).collect(),
+            let done = match self.inner.shared.cluster {
+                // One script call may only touch one slot's keys (`cluster/mod.rs`).
+                Some(_) => self.publish_by_slot(chunk, window).await,
+                None => self.publish_chunk(chunk, window).await.map_err(|e| (0, e)),
             };
-            for run in runs {
-                let Some(part) = chunk.get(run) else { continue };
-                match self.publish_chunk(part, window).await {
-                    Ok(mut done) => published.append(&mut done),
-                    Err(e) => return Err((published.len(), e)),
-                }
+            match done {
+                Ok(mut done) => published.append(&mut done),
+                Err((n, e)) => return Err((published.len().saturating_add(n), e)),
             }
         }
         Ok(published)
