@@ -262,6 +262,19 @@ async fn groups_on_all_shards_reach_every_node_exactly_once_in_order() {
             );
         }
     }
+    // Each shard's health is exported, labelled by its master.
+    let (status, metrics) = support::http(nodes[2].addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    let healthy: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("herald_redis_shard_healthy{shard=\"127.0.0.1:"))
+        .collect();
+    assert_eq!(healthy.len(), 3, "{healthy:?}");
+    assert!(healthy.iter().all(|l| l.ends_with(" 1")), "{healthy:?}");
+    assert!(
+        metrics.contains("herald_redis_cluster_shards 3"),
+        "{metrics}"
+    );
 }
 
 /// What the publisher sent on one group: sequence numbers answered 200.
