@@ -328,6 +328,22 @@ impl RedisLayer {
         }
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Publishes `items` (of one slot on a cluster) as one request; any failure fails it
+    /// whole (for `ClusterState::publish_by_slot`, which runs one per slot at once).
+    pub(crate) async fn publish_chunk(
+        &self,
+        items: &[KeyedItem],
+        window: Duration,
+    ) -> Result<Vec<Published>, LayerError> {
+        self.publish_request(items.to_vec(), window)
+            .await
+            .map_err(|(_, e)| e)
+    }
+
     /// Publishes up to one chunk as one request: queued, and sent in a script call with
     /// whatever other publishes are waiting (`coalesce.rs`).
     async fn publish_request(
@@ -360,14 +376,18 @@ impl RedisLayer {
             return self.publish_request(items, window).await;
         }
         let mut published = Vec::with_capacity(items.len());
-        while !items.is_empty() {
-            let mut take = items.len().min(BATCH_CHUNK);
-            if cluster {
-                // On Redis Cluster one script call may only touch one slot's keys: a
-                // request holds one slot's run of messages.
-                let runs = ClusterState::slot_runs(&self.inner.shared.keys, &items[..take]);
-                take = runs.first().map_or(take, |run| run.end);
+        if cluster {
+            for chunk in items.chunks(BATCH_CHUNK) {
+                // One script call may only touch one slot's keys (`cluster/mod.rs`).
+                match self.publish_by_slot(chunk, window).await {
+                    Ok(mut done) => published.append(&mut done),
+                    Err((n, e)) => return Err((published.len().saturating_add(n), e)),
+                }
             }
+            return Ok(published);
+        }
+        while !items.is_empty() {
+            let take = items.len().min(BATCH_CHUNK);
             let rest = items.split_off(take);
             let chunk = std::mem::replace(&mut items, rest);
             match self.publish_request(chunk, window).await {

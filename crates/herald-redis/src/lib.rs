@@ -191,10 +191,13 @@
 //!   slot map. Every script touches the keys of one group only, all tagged `{group}`, so
 //!   one slot: publish (meta, stream, idempotency key; the script `SPUBLISH`es on the
 //!   group's channel, which has the same tag and so the same slot), history (meta,
-//!   stream), presence (presence hash). A `publish_batch` naming several groups is split
-//!   into runs of consecutive messages on one slot, one script call each, in order: a
-//!   failed run leaves exactly the messages before it published, as `Layer` promises, but
-//!   a batch is atomic per run only.
+//!   stream), presence (presence hash). A `publish_batch` naming several groups makes one
+//!   script call per slot, all at once (`RedisLayer::publish_by_slot`), each with its
+//!   messages in order, so per-group order holds and a batch to random users costs one
+//!   round trip rather than one per message. A failure reports the first message not
+//!   published, and every message before it was, as `Layer` promises; unlike on a single
+//!   Redis (where a chunk is all or nothing), messages after it on other slots may have
+//!   been published too: retry with idempotency keys to be safe.
 //! - **Node-wide keys**: `{prefix}:occupied`, the index of occupied groups, is one key on
 //!   one shard, and no script may touch it together with a group's keys. On a cluster,
 //!   `occupy` adds the group to the index (`ZADD NX`) *before* its script marks the group,
@@ -235,6 +238,13 @@
 //!   with backoff, each failure asks for a slot map read, and once a replica is promoted
 //!   the map names it, its task starts and re-subscribes, and gap repair delivers what
 //!   was published meanwhile. Publishes in the gap fail within `command_timeout` (503).
+//! - **Limits**: gap repair reads history one group at a time in the shard's read loop,
+//!   so after a failover of a shard with many active groups that shard's delivery pauses
+//!   for one round trip per group (its other groups wait; `Incoming` stays bounded). A
+//!   batch publish over many groups costs one script call per slot it touches (random
+//!   groups: about one per message, run concurrently), where a single Redis needs one per
+//!   256 messages: more Redis CPU per message. During a migration, a publish whose keys are split between the two
+//!   nodes gets `TRYAGAIN`; redis-rs retries twice, then the publish answers 503.
 //!
 //! # Why the `redis` crate
 //!

@@ -101,6 +101,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             .map(|(name, help, v)| Family::single(name, help, metrics::value(v))),
     );
     families.extend(key_metrics(&state));
+    families.extend(state.layer.shard_families());
     (
         [(
             header::CONTENT_TYPE,

@@ -283,6 +283,60 @@ impl NodeLayer {
         }
     }
 
+    /// Per-shard metrics of a Redis Cluster layer, labelled `shard="host:port"` (the
+    /// shard's master); none on other layers.
+    pub fn shard_families(&self) -> Vec<crate::metrics::Family> {
+        use crate::metrics::{Family, Kind, value};
+        let Self::Redis(l) = self else {
+            return Vec::new();
+        };
+        let shards = l.shard_stats();
+        if shards.is_empty() {
+            return Vec::new();
+        }
+        let family = |name, help, kind, f: fn(&herald_redis::ShardStats) -> u64| Family {
+            name,
+            help,
+            kind,
+            samples: shards
+                .iter()
+                .map(|s| {
+                    let label = (
+                        std::borrow::Cow::Borrowed("shard"),
+                        std::borrow::Cow::Owned(s.addr.clone()),
+                    );
+                    (vec![label], value(f(s)))
+                })
+                .collect(),
+        };
+        vec![
+            family(
+                "herald_redis_shard_healthy",
+                "Redis Cluster shard: 1 while its subscriber is up and its last probe answered in time (gauge).",
+                Kind::Gauge,
+                |s| u64::from(s.healthy),
+            ),
+            family(
+                "herald_redis_shard_probe_failures_total",
+                "Redis Cluster shard: probes unanswered for a whole probe interval.",
+                Kind::Counter,
+                |s| s.probe_failures,
+            ),
+            family(
+                "herald_redis_shard_probe_round_trip_microseconds",
+                "Redis Cluster shard: the last probe's round trip (gauge).",
+                Kind::Gauge,
+                |s| u64::try_from(s.probe_round_trip.as_micros()).unwrap_or(u64::MAX),
+            ),
+            family(
+                "herald_redis_shard_reconnects_total",
+                "Redis Cluster shard: subscriber connections re-made after a loss.",
+                Kind::Counter,
+                |s| s.reconnects,
+            ),
+        ]
+    }
+
     /// `"memory"` or `"redis"`.
     pub fn kind(&self) -> &'static str {
         match self {

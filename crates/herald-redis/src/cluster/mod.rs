@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_core::{Backoff, GroupName, KeyedItem, LayerError};
+use herald_core::{Backoff, GroupName, KeyedItem, LayerError, Published};
 use redis::cluster::ClusterClient;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use tokio::sync::{Notify, oneshot};
@@ -210,25 +210,100 @@ impl ClusterState {
         }
     }
 
-    /// Splits `items` into runs of consecutive items on one slot: a script may only touch
-    /// one slot's keys. Order is kept, so a failed run leaves exactly the items before it
-    /// published.
-    pub(crate) fn slot_runs(keys: &Keys, items: &[KeyedItem]) -> Vec<std::ops::Range<usize>> {
-        let mut runs = Vec::new();
-        let mut start = 0;
-        let mut current = None;
+    /// The indices of `items` grouped by slot: groups in order of their first item, and
+    /// each group's indices in order. A script may only touch one slot's keys.
+    pub(crate) fn slot_groups(keys: &Keys, items: &[KeyedItem]) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_slot: HashMap<u16, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let slot = slots::slot_of(keys.meta(&item.group).as_bytes());
-            if current.is_some_and(|s| s != slot) {
-                runs.push(start..i);
-                start = i;
+            let at = *by_slot.entry(slot).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            if let Some(group) = groups.get_mut(at) {
+                group.push(i);
             }
-            current = Some(slot);
         }
-        if start < items.len() {
-            runs.push(start..items.len());
+        groups
+    }
+}
+
+impl crate::RedisLayer {
+    /// Publishes a chunk on Redis Cluster: one script call per slot, all at once (a
+    /// batch to random users costs one round trip, not one per message), each call's
+    /// messages in their order, so per-group order holds. On failure, returns the index of
+    /// the first message not published: every message before it was (its slot's call
+    /// succeeded); messages after it on other slots may have been published too.
+    pub(crate) async fn publish_by_slot(
+        &self,
+        items: &[KeyedItem],
+        window: Duration,
+    ) -> Result<Vec<Published>, (usize, LayerError)> {
+        let groups = ClusterState::slot_groups(&self.shared().keys, items);
+        if let [only] = groups.as_slice()
+            && only.len() == items.len()
+        {
+            return self.publish_chunk(items, window).await.map_err(|e| (0, e));
         }
-        runs
+        // Owned by this future: dropping it aborts the calls still running.
+        let mut calls = JoinSet::new();
+        for (n, indices) in groups.iter().enumerate() {
+            let part: Vec<KeyedItem> = indices
+                .iter()
+                .filter_map(|&i| items.get(i).cloned())
+                .collect();
+            let layer = self.clone();
+            calls.spawn(async move { (n, layer.publish_chunk(&part, window).await) });
+        }
+        let mut published: Vec<Option<Published>> = vec![None; items.len()];
+        let mut first_failure: Option<(usize, LayerError)> = None;
+        while let Some(joined) = calls.join_next().await {
+            let (n, result) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    // A panicked call: nothing says which messages it published.
+                    let e = LayerError::Unavailable(format!("publish task failed: {e}"));
+                    first_failure = Some((0, e));
+                    continue;
+                }
+            };
+            let indices = groups.get(n).map_or(&[][..], Vec::as_slice);
+            match result {
+                Ok(done) if done.len() == indices.len() => {
+                    for (&i, p) in indices.iter().zip(done) {
+                        if let Some(slot) = published.get_mut(i) {
+                            *slot = Some(p);
+                        }
+                    }
+                }
+                Ok(_) => {
+                    let e = LayerError::Unavailable("redis returned too few positions".into());
+                    let at = indices.first().copied().unwrap_or(0);
+                    if first_failure.as_ref().is_none_or(|(f, _)| at < *f) {
+                        first_failure = Some((at, e));
+                    }
+                }
+                Err(e) => {
+                    let at = indices.first().copied().unwrap_or(0);
+                    if first_failure.as_ref().is_none_or(|(f, _)| at < *f) {
+                        first_failure = Some((at, e));
+                    }
+                }
+            }
+        }
+        if let Some(failure) = first_failure {
+            return Err(failure);
+        }
+        published
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                (
+                    0,
+                    LayerError::Unavailable("a message got no position".into()),
+                )
+            })
     }
 }
 
@@ -573,13 +648,13 @@ mod tests {
     }
 
     #[test]
-    fn batches_split_into_consecutive_runs_of_one_slot() {
+    fn batches_group_by_slot_in_order() {
         let keys = Keys::sharded("p");
-        let items = [item("a"), item("a"), item("b"), item("a")];
+        let items = [item("a"), item("b"), item("a"), item("c"), item("b")];
         assert_eq!(
-            ClusterState::slot_runs(&keys, &items),
-            vec![0..2, 2..3, 3..4]
+            ClusterState::slot_groups(&keys, &items),
+            vec![vec![0, 2], vec![1, 4], vec![3]]
         );
-        assert!(ClusterState::slot_runs(&keys, &[]).is_empty());
+        assert!(ClusterState::slot_groups(&keys, &[]).is_empty());
     }
 }
