@@ -312,6 +312,10 @@ pub struct LayerConfig {
     /// interval (so within two intervals of a stall). Default `1s`.
     #[serde(deserialize_with = "duration", serialize_with = "human_duration")]
     pub probe_interval: Duration,
+    /// Redis layer: publish script calls in flight at once; while they are, concurrent
+    /// publishes queue and go out together in one call when one returns (at most 256
+    /// messages per call). Default 1.
+    pub publish_in_flight: usize,
 }
 
 impl Default for LayerConfig {
@@ -321,6 +325,7 @@ impl Default for LayerConfig {
             url: None,
             prefix: "herald".into(),
             probe_interval: Duration::from_secs(1),
+            publish_in_flight: 1,
         }
     }
 }
@@ -890,6 +895,12 @@ impl Config {
         }
         if self.layer.prefix.is_empty() {
             return Err(ConfigError::new("layer.prefix", "must not be empty"));
+        }
+        if self.layer.publish_in_flight == 0 {
+            return Err(ConfigError::new(
+                "layer.publish_in_flight",
+                "must be at least 1",
+            ));
         }
         if self.routes.is_empty() {
             return Err(ConfigError::new("routes", "at least one route is needed"));

@@ -45,6 +45,10 @@ impl NodeLayer {
                     .with_prefix(config.layer.prefix.clone())
                     .with_probe_interval(config.layer.probe_interval)
                     .with_history(history);
+                let redis = RedisLayerConfig {
+                    publish_in_flight: config.layer.publish_in_flight,
+                    ..redis
+                };
                 let (layer, incoming) = RedisLayer::new(redis).map_err(|e| e.to_string())?;
                 Ok((Self::Redis(layer), incoming))
             }
