@@ -56,7 +56,8 @@ pub struct RedisLayerConfig {
     pub publish_batch_max_bytes: usize,
     /// Publish script calls outstanding at once on the command connection; while they
     /// are, new publishes queue and go out together when one returns. Default 1: the
-    /// largest batches, so the least Redis CPU per message (see bench/PROFILE.md).
+    /// largest batches, so the least Redis CPU per message (see bench/PROFILE.md). On a Redis
+    /// Cluster at least 16, so that calls to different shards overlap.
     pub publish_in_flight: usize,
     /// Messages queued or in flight for publishing; publishers beyond it wait up to
     /// `command_timeout` for room, then fail with `Unavailable`. Default 4096.

@@ -33,6 +33,10 @@ use crate::{RedisLayerConfig, RedisLayerError, supervisor};
 /// after the other.
 const BATCH_CHUNK: usize = 256;
 
+/// Publish script calls out at once on a Redis Cluster, at least (`publish_in_flight`
+/// applies when larger): calls to different slots, so different shards, overlap.
+const CLUSTER_CALLS_IN_FLIGHT: usize = 16;
+
 /// A layer backed by Redis: any number of herald nodes on one Redis (and one prefix)
 /// share groups. Clones share the connections; dropping the last clone (or calling
 /// [`close`](Self::close)) stops the background task.
@@ -202,6 +206,7 @@ impl RedisLayer {
         // Random per layer: nodes sharing a prefix never answer each other's probes.
         let node = format!("{:016x}", fastrand::u64(..));
         let probe = Probe::new(keys.probe_channel(&node), config.probe_interval);
+        let cluster_mode = cluster.is_some();
         let shared = Arc::new(Shared {
             keys,
             probe,
@@ -226,7 +231,13 @@ impl RedisLayer {
             publisher: Coalescer::new(Bounds {
                 max_items: config.publish_batch_max,
                 max_bytes: config.publish_batch_max_bytes,
-                in_flight: config.publish_in_flight,
+                // A call carries one slot's messages on a cluster: with one call in flight
+                // the shards would take turns, so each may have calls of its own out.
+                in_flight: if cluster_mode {
+                    config.publish_in_flight.max(CLUSTER_CALLS_IN_FLIGHT)
+                } else {
+                    config.publish_in_flight
+                },
                 queue: config.publish_queue,
             }),
             config,
