@@ -8,8 +8,9 @@
 //!
 //! - **Publish** goes through a small queue (`coalesce.rs`): concurrent publishes
 //!   coalesce into one Lua script call (`EVALSHA`). A lone publish is sent at once, by
-//!   its own caller (no timer, no hand-off); while a call is in flight (`publish_in_flight`, default 1), new publishes
-//!   queue and go out together when it returns, up to `publish_batch_max` messages
+//!   its own caller (no timer, no hand-off). Otherwise a flusher task sends the queued
+//!   publishes, with at most `publish_in_flight` calls (default 4) outstanding; while
+//!   they are, new publishes queue and go out together when one returns, up to `publish_batch_max` messages
 //!   (default 256) and `publish_batch_max_bytes` payload bytes (default 1 MiB) per call;
 //!   the queue holds at most `publish_queue` messages (default 4096), publishers beyond
 //!   wait up to `command_timeout` for room. A batch may mix groups. For each message the
