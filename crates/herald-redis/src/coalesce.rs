@@ -216,7 +216,6 @@ impl Coalescer {
                 ));
             }
         };
-        let (tx, rx) = oneshot::channel();
         let direct = {
             let mut queue = lock(&self.queue);
             if queue.closed {
@@ -225,28 +224,34 @@ impl Coalescer {
             if queue.pending.is_empty() && queue.in_flight == 0 {
                 queue.in_flight = 1;
                 queue.direct = true;
-                Some(request)
+                Ok(request)
             } else {
+                let (tx, rx) = oneshot::channel();
                 queue.pending.push_back(Pending {
                     request,
                     reply: tx,
                     _room: room,
                 });
-                None
+                Err(rx)
             }
         };
-        if let Some(request) = direct {
-            let call = DirectCall(self);
-            self.count(request.items.len());
-            let outcome = flush.flush(std::slice::from_ref(&request)).await;
-            drop(call);
-            return answers(std::slice::from_ref(&request), outcome)
-                .pop()
-                .unwrap_or(Err((0, LayerError::Closed)));
-        }
-        self.wake.notify_one();
-        // The sender is dropped unanswered only when the flusher stops.
-        rx.await.unwrap_or(Err((0, LayerError::Closed)))
+        let request = match direct {
+            Ok(request) => request,
+            Err(rx) => {
+                self.wake.notify_one();
+                // The sender is dropped unanswered only when the flusher stops.
+                return rx.await.unwrap_or(Err((0, LayerError::Closed)));
+            }
+        };
+        // The direct path; `room` (not moved on this path) is held until we return.
+        let call = DirectCall(self);
+        self.count(request.items.len());
+        let outcome = flush.flush(std::slice::from_ref(&request)).await;
+        drop(call);
+        // `answers` gives one answer per request: there is one.
+        answers(std::slice::from_ref(&request), outcome)
+            .pop()
+            .unwrap_or(Err((0, LayerError::Closed)))
     }
 
     /// Takes the next batch: queued requests in order, of the first one's partition,

@@ -55,8 +55,9 @@ pub struct RedisLayerConfig {
     /// Default 1 MiB.
     pub publish_batch_max_bytes: usize,
     /// Publish script calls outstanding at once on the command connection; while they
-    /// are, new publishes queue and go out together when one returns. Default 1: the
-    /// largest batches, so the least Redis CPU per message (see bench/PROFILE.md). On a Redis
+    /// are, new publishes queue and go out together when one returns. Default 4: with few
+    /// concurrent publishers, 1 hands every batch through the flusher task for little
+    /// Redis CPU saved; with many, batches form either way (see bench/PROFILE.md). On a Redis
     /// Cluster at least 16, so that calls to different shards overlap.
     pub publish_in_flight: usize,
     /// Messages queued or in flight for publishing; publishers beyond it wait up to
@@ -79,7 +80,7 @@ impl Default for RedisLayerConfig {
             probe_interval: Duration::from_secs(1),
             publish_batch_max: 256,
             publish_batch_max_bytes: 1 << 20,
-            publish_in_flight: 1,
+            publish_in_flight: 4,
             publish_queue: 4096,
         }
     }

@@ -7,24 +7,26 @@
 //! # How it works
 //!
 //! - **Publish** goes through a small queue (`coalesce.rs`): concurrent publishes
-//!   coalesce into one Lua script call (`EVALSHA`). A lone publish is sent at once, by
-//!   its own caller (no timer, no hand-off); while a call is in flight (`publish_in_flight`, default 1), new publishes
-//!   queue and go out together when it returns, up to `publish_batch_max` messages
-//!   (default 256) and `publish_batch_max_bytes` payload bytes (default 1 MiB) per call;
-//!   the queue holds at most `publish_queue` messages (default 4096), publishers beyond
-//!   wait up to `command_timeout` for room. A batch may mix groups. For each message the
-//!   script creates the group's epoch if it has none, takes the next offset, appends the
-//!   message to its history stream (trimmed to `history.max_len` entries and
-//!   `history.max_bytes` bytes) and `PUBLISH`es an envelope on the group's channel; it
-//!   refreshes the TTL of a group's keys at most once a second (to `history.max_age`
-//!   plus that second, so keys never expire sooner than `max_age` after the last
-//!   message). Each message runs under `pcall` and has its own outcome: one that Redis
-//!   refuses fails its own publisher (a `publish_batch` request stops at it), not the
-//!   others of the call; a call that fails as a whole fails the publishers of that call
-//!   only. Answers are given in call order, so two publishes to one group resolve in
-//!   the order of their offsets. `RedisStats::publish_calls` counts the calls.
-//!   In a Redis Cluster a call may only touch one hash slot: there `Flush::partition`
-//!   returns the group's slot and the flusher batches per slot (one flusher per shard).
+//!   coalesce into one Lua script call (`EVALSHA`). A publish that finds nothing queued
+//!   and no call in flight is sent at once by its own caller (no timer, no hand-off).
+//!   Otherwise it queues, and a flusher task sends the queue in calls of up to
+//!   `publish_batch_max` messages (default 256) and `publish_batch_max_bytes` payload
+//!   bytes (default 1 MiB), with at most `publish_in_flight` calls (default 4)
+//!   outstanding; what queues meanwhile goes out together when one returns. The queue
+//!   holds at most `publish_queue` messages (default 4096); publishers beyond wait up to
+//!   `command_timeout` for room. A call may mix groups. For each message the script
+//!   creates the group's epoch if it has none, takes the next offset, appends the message
+//!   to its history stream (trimmed to `history.max_len` entries and `history.max_bytes`
+//!   bytes) and `PUBLISH`es an envelope on the group's channel. It refreshes the TTL of a
+//!   group's keys at most once per `min(1 s, max_age / 10)`, to `history.max_age` plus
+//!   that interval, so keys never expire sooner than `max_age` after the last message.
+//!   Each message runs under `pcall` and has its own outcome: one that Redis refuses
+//!   fails its own publisher (a `publish_batch` request stops at it), not the others of
+//!   the call; a call that fails as a whole fails the publishers of that call only.
+//!   Answers are given in call order, so two publishes to one group resolve in the order
+//!   of their offsets. `RedisStats::publish_calls` counts the calls. In a Redis Cluster a
+//!   call may only name keys of one hash slot: there `Flush::partition` must return the
+//!   group's slot (the flusher then batches per slot; one flusher per shard).
 //! - **History** is one atomic script call too, so the current position and the messages
 //!   come from one instant. Messages older than `history.max_age` are not part of it.
 //! - **Delivery**: one dedicated subscriber connection (RESP2 pub/sub) per layer, which

@@ -314,7 +314,7 @@ pub struct LayerConfig {
     pub probe_interval: Duration,
     /// Redis layer: publish script calls in flight at once; while they are, concurrent
     /// publishes queue and go out together in one call when one returns (at most 256
-    /// messages per call). Default 1.
+    /// messages per call). Default 4.
     pub publish_in_flight: usize,
 }
 
@@ -325,7 +325,7 @@ impl Default for LayerConfig {
             url: None,
             prefix: "herald".into(),
             probe_interval: Duration::from_secs(1),
-            publish_in_flight: 1,
+            publish_in_flight: 4,
         }
     }
 }
