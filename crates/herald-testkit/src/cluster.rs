@@ -59,17 +59,11 @@ impl RedisCluster {
             nodes: Vec::new(),
             dir,
         };
-        for _ in 0..MASTERS * 2 {
-            let node = cluster.spawn_node(&binary);
-            cluster.nodes.push(node);
-        }
         let deadline = Instant::now() + FORM_TIMEOUT;
-        for node in &cluster.nodes {
-            wait_for(
-                &format!("node {} answers PING", node.port),
-                deadline,
-                || ping(node.port),
-            );
+        let mut taken = std::collections::HashSet::new();
+        for _ in 0..MASTERS * 2 {
+            let node = cluster.start_node(&binary, &mut taken, deadline);
+            cluster.nodes.push(node);
         }
         let cli = binary.with_file_name("redis-cli");
         let cli = if cli.is_file() {
@@ -110,12 +104,61 @@ impl RedisCluster {
         cluster
     }
 
-    fn spawn_node(&self, binary: &PathBuf) -> Node {
-        let port = free_port();
-        let mut bus = free_port();
-        while bus == port {
-            bus = free_port();
+    /// Starts a node and waits for its `PING`; a node that exits at once (another
+    /// process took one of its ports between `free_port` and its bind) is started again
+    /// on other ports, a few times.
+    fn start_node(
+        &self,
+        binary: &PathBuf,
+        taken: &mut std::collections::HashSet<u16>,
+        deadline: Instant,
+    ) -> Node {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let mut node = self.spawn_node(binary, taken);
+            loop {
+                // The answer must come from this child, not from a server of another
+                // test that took the port first.
+                let pid = node.child.as_ref().map(Child::id);
+                if ping(node.port)
+                    && pid.is_some_and(|pid| {
+                        cmd_text(node.port, &["INFO", "server"])
+                            .is_some_and(|info| info.contains(&format!("process_id:{pid}\r\n")))
+                    })
+                {
+                    return node;
+                }
+                let exited = node
+                    .child
+                    .as_mut()
+                    .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+                if exited {
+                    node.child = None;
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} answers PING: not by the deadline",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
+        panic!(
+            "redis-server (cluster node) exited at start {ATTEMPTS} times; see {}",
+            self.dir.display()
+        );
+    }
+
+    fn spawn_node(&self, binary: &PathBuf, taken: &mut std::collections::HashSet<u16>) -> Node {
+        let mut pick = || loop {
+            let port = free_port();
+            if taken.insert(port) {
+                return port;
+            }
+        };
+        let port = pick();
+        let bus = pick();
         let log = std::fs::File::create(self.dir.join(format!("redis-{port}.log")))
             .expect("creating a node log");
         let log_err = log.try_clone().expect("cloning a log handle");
