@@ -141,6 +141,15 @@
 //! - `history(since)` answers `recovered: false` for a position of another epoch and for
 //!   one above the group's current offset under the same epoch.
 //!
+//! **On a Redis Cluster** the same checks run per shard: after each shard connection is
+//! (re)made, the remembered groups on that shard's slots are checked one per script call
+//! (a call may only name one slot's keys), and every live message on a shard connection
+//! goes through the live check. Shards reconnect independently, so there is no fence
+//! between sessions there: only offsets seen live count for the live check (the check
+//! after a shard connect still compares acknowledged offsets). A live offset that the
+//! gap repair (`cluster/gap.rs`) already delivered from history, but that was never seen
+//! live, is a duplicate of that repair and is dropped in the layer.
+//!
 //! **What stays open.** Detection is by (epoch, offset): if, before this node reconnects
 //! and checks, other nodes already published enough on the new master to carry the
 //! group's offset back up to (or past) what this node saw, and those messages did not
