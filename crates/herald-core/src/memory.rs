@@ -370,6 +370,17 @@ impl Layer for MemoryLayer {
         &self,
         items: Vec<(GroupName, Payload)>,
     ) -> Result<Vec<Position>, (usize, LayerError)> {
+        if let [_] = &items[..] {
+            // One message (one POST, one group: the usual request): the plain path,
+            // without the keyed path's vectors.
+            let Some((group, payload)) = items.into_iter().next() else {
+                return Ok(Vec::new());
+            };
+            return match self.publish(&group, payload).await {
+                Ok(position) => Ok(vec![position]),
+                Err(e) => Err((0, e)),
+            };
+        }
         // The keyed path without keys: one reservation and one lock per chunk.
         let items = items
             .into_iter()
@@ -575,6 +586,43 @@ mod tests {
 
     fn group(name: &str) -> GroupName {
         GroupName::new(name).unwrap()
+    }
+
+    /// A batch of one (the one-item path) and a batch of several give the same offsets
+    /// and deliveries, in order.
+    #[tokio::test]
+    async fn a_batch_of_one_publishes_like_a_batch_of_several() {
+        let (layer, mut rx) = MemoryLayer::new(MemoryLayerConfig::default());
+        let g = group("g");
+        layer.subscribe(&g).await.unwrap();
+        let one = layer
+            .publish_batch(vec![(g.clone(), Payload::text("a"))])
+            .await
+            .unwrap();
+        let two = layer
+            .publish_batch(vec![
+                (g.clone(), Payload::text("b")),
+                (g.clone(), Payload::text("c")),
+            ])
+            .await
+            .unwrap();
+        let three = layer
+            .publish_batch(vec![(g.clone(), Payload::text("d"))])
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = one
+            .iter()
+            .chain(&two)
+            .chain(&three)
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(offsets, [1, 2, 3, 4]);
+        for (offset, text) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+            let m = rx.recv().await.unwrap();
+            assert_eq!((m.offset, &m.payload.data()[..]), (offset, text.as_bytes()));
+        }
+        let h = layer.history(&g, None).await.unwrap();
+        assert_eq!(h.current.offset, 4);
     }
 
     #[tokio::test(start_paused = true)]

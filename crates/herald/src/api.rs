@@ -380,6 +380,10 @@ async fn publish_authorized(state: Arc<AppState>, req: Request) -> Result<Respon
             check_django(&state, std::slice::from_ref(&item))?;
             let mut results = publish_items(&state, std::slice::from_ref(&item)).await?;
             let positions = results.pop().unwrap_or_default();
+            if let (false, false, [(_, position)]) = (item.many, item.django, &positions[..]) {
+                // The common answer, written as it is (no JSON tree per request).
+                return Ok(position_answer(position));
+            }
             let mut answer = answer(&item, &positions);
             send_to_django(&state, &item, &mut answer).await?;
             Ok(Json(answer).into_response())
@@ -459,30 +463,62 @@ async fn read_body(
     use http_body_util::BodyExt;
     let start = tokio::time::Instant::now();
     let deadline = start + timeout;
+    // The first chunk is kept as it is: a body that comes in one (most) is not copied.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
+        let len = first.as_ref().map_or(buf.len(), Bytes::len);
         // The time by which `buf.len()` bytes were due at the minimum rate: the next
         // chunk must come before it (no minimum rate: only the deadline).
-        let due = match (buf.len() as u64)
-            .saturating_mul(1000)
-            .checked_div(min_rate)
-        {
+        let due = match (len as u64).saturating_mul(1000).checked_div(min_rate) {
             Some(earned) => deadline.min(start + BODY_RATE_GRACE + Duration::from_millis(earned)),
             None => deadline,
         };
         let frame = match tokio::time::timeout_at(due, body.frame()).await {
             Err(_) => return Err(BodyError::TooSlow),
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => return Ok(first.unwrap_or_else(|| buf.freeze())),
             Ok(Some(Err(_))) => return Err(BodyError::Broken),
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
-            if buf.len().saturating_add(data.len()) > limit {
+            if len.saturating_add(data.len()) > limit {
                 return Err(BodyError::TooLarge);
             }
-            buf.extend_from_slice(&data);
+            if buf.is_empty() && first.is_none() {
+                first = Some(data);
+            } else {
+                if let Some(first) = first.take() {
+                    buf.extend_from_slice(&first);
+                }
+                buf.extend_from_slice(&data);
+            }
         }
     }
+}
+
+/// `{"epoch": …, "offset": …}`, byte for byte what [`answer`] gives for one group
+/// (keys sorted), without building a `Value`.
+fn position_answer(position: &Position) -> Response {
+    let epoch = position.epoch.as_str();
+    let mut body = Vec::with_capacity(32 + epoch.len());
+    body.extend_from_slice(b"{\"epoch\":");
+    // Into a `Vec` a string and a number always serialize; the escaping is serde_json's.
+    let written = serde_json::to_writer(&mut body, epoch).and_then(|()| {
+        body.extend_from_slice(b",\"offset\":");
+        serde_json::to_writer(&mut body, &position.offset)
+    });
+    if written.is_err() {
+        return Json(json!({"offset": position.offset, "epoch": epoch})).into_response();
+    }
+    body.push(b'}');
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn answer(item: &Item, positions: &[(GroupName, Position)]) -> Value {
@@ -933,6 +969,35 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_written_answer_is_the_json_answer_byte_for_byte() {
+        use http_body_util::BodyExt;
+        for (epoch, offset) in [("DEFQpHBN", 9), ("a\"b\\c\u{1}é", u64::MAX), ("", 0)] {
+            let position = Position {
+                offset,
+                epoch: herald_core::Epoch::new(epoch),
+            };
+            let item = Item {
+                groups: vec![GroupName::new("g").unwrap()],
+                payload: Payload::text("x"),
+                many: false,
+                django: false,
+                key: None,
+            };
+            let expected =
+                Json(answer(&item, &[(item.groups[0].clone(), position.clone())])).into_response();
+            let written = position_answer(&position);
+            assert_eq!(written.status(), expected.status());
+            assert_eq!(
+                written.headers().get(header::CONTENT_TYPE),
+                expected.headers().get(header::CONTENT_TYPE)
+            );
+            let written = written.into_body().collect().await.unwrap().to_bytes();
+            let expected = expected.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(written, expected, "epoch {epoch:?}");
+        }
+    }
 
     #[test]
     fn minify_keeps_order_and_strings() {

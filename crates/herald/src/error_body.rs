@@ -126,14 +126,25 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for JsonErrors<I> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let first = bufs.iter().find(|b| !b.is_empty());
-        let inspect = self.pending.is_some()
-            || (!self.upgraded && first.is_some_and(|b| b.starts_with(b"HTTP/1.")));
-        match (inspect, first) {
-            // A head goes through the checks alone; hyper writes the rest next.
-            (true, Some(first)) => self.poll_write(cx, first),
-            _ => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        let this = &mut *self;
+        if this.pending.is_some() {
+            return this.poll_pending(cx);
         }
+        let head = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .filter(|b| !this.upgraded && b.starts_with(b"HTTP/1."));
+        if let Some(head) = head {
+            if head.starts_with(b"HTTP/1.1 101 ") {
+                this.upgraded = true;
+            } else if rewrite(head).is_some() {
+                // One of hyper's own empty error answers: the head goes alone, replaced.
+                return Pin::new(this).poll_write(cx, head);
+            }
+        }
+        // Any other answer leaves in one `writev`, head and body together (written
+        // separately they cost a second syscall and a second TCP segment per response).
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -172,6 +183,69 @@ mod tests {
         assert!(rewrite(head_only).is_none(), "a body written separately");
         assert!(rewrite(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
         assert!(rewrite(b"\x81\x05hello").is_none());
+    }
+
+    /// Records what each write call was given.
+    #[derive(Default)]
+    struct Calls(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Calls {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len();
+            self.0.push(all);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_a_body_leaves_in_one_write_and_an_empty_error_is_still_rewritten() {
+        let mut io = JsonErrors::new(Calls::default());
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+        let n = io
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(b"{}")])
+            .await
+            .unwrap();
+        assert_eq!(n, head.len() + 2);
+        let empty = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let n = io
+            .write_vectored(&[IoSlice::new(b""), IoSlice::new(empty)])
+            .await
+            .unwrap();
+        assert_eq!(n, empty.len(), "the original length is reported");
+        let calls = &io.inner.0;
+        assert_eq!(calls.len(), 2, "one call per answer");
+        assert_eq!(calls[0], b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+        let rewritten = String::from_utf8(calls[1].clone()).unwrap();
+        assert!(
+            rewritten.contains("\"error\":\"bad_request\""),
+            "{rewritten}"
+        );
     }
 
     #[tokio::test]

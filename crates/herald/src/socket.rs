@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A TCP stream usable through `Arc` handles; one of them serves as the connection's I/O.
@@ -64,14 +64,29 @@ impl AsyncRead for SharedTcp {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
             let want = buf.remaining().min(MAX_READ);
-            // `try_read` clears the readiness on WouldBlock, so the next poll registers.
-            match self.0.try_read(buf.initialize_unfilled_to(want)) {
-                Ok(n) => {
+            let unfilled = buf.initialize_unfilled_to(want);
+            // A read shorter than asked took everything the socket had: like tokio's own
+            // `TcpStream`, forget the readiness then, so that the next read waits for the
+            // next event instead of asking the kernel once more for nothing (one EAGAIN
+            // `recvfrom` per request otherwise). `try_io` clears it when its closure says
+            // WouldBlock, so a short read reports itself as such, with its count kept.
+            let mut short = None;
+            let result = self.0.try_io(Interest::READABLE, || {
+                let n = self.0.try_read(unfilled)?;
+                if n > 0 && n < want {
+                    short = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match (result, short) {
+                (_, Some(n)) | (Ok(n), None) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                // `try_io` cleared the readiness, so the next poll registers.
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -110,5 +125,37 @@ impl AsyncWrite for SharedTcp {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             other => other,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A short read forgets the readiness: the next read waits for the next bytes and
+    /// gets them (nothing is lost, nothing hangs); a read as long as asked keeps it.
+    #[tokio::test]
+    async fn reads_after_a_short_read_wait_for_the_next_bytes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut peer = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut socket = SharedTcp::new(accepted);
+        let mut buf = [0u8; 64];
+        peer.write_all(b"abc").await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        peer.write_all(b"defg").await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(&buf[..4], b"defg");
+        peer.write_all(b"hijk").await.unwrap();
+        let mut exact = [0u8; 2];
+        socket.read_exact(&mut exact).await.unwrap();
+        assert_eq!(&exact, b"hi");
+        socket.read_exact(&mut exact).await.unwrap();
+        assert_eq!(&exact, b"jk");
+        drop(peer);
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 0, "end of stream");
     }
 }
