@@ -145,7 +145,7 @@ async fn two_tabs_on_two_nodes_give_one_occupied_one_vacated_and_a_reload_gives_
     let a = TestServer::with_config(with_webhooks(redis_config(&redis.url(), &prefix), &url)).await;
     let b = TestServer::with_config(with_webhooks(redis_config(&redis.url(), &prefix), &url)).await;
     let tab_a = a.connect_user("42").await;
-    let first = receiver.wait_for(1, Duration::from_secs(3)).await;
+    let first = receiver.wait_for(1, Duration::from_secs(15)).await;
     assert_eq!(receiver.events(), vec![event("group.occupied")]);
     assert_signed(&first[0]);
     let body = &first[0].body;
@@ -193,7 +193,7 @@ async fn two_tabs_on_two_nodes_give_one_occupied_one_vacated_and_a_reload_gives_
     // The first tab again: one occupied, whichever node.
     let again = a.connect_user("42").await;
     let _also = b.connect_user("42").await;
-    receiver.wait_for(3, Duration::from_secs(3)).await;
+    receiver.wait_for(3, Duration::from_secs(15)).await;
     tokio::time::sleep(2 * REFRESH).await;
     assert_eq!(receiver.events().len(), 3, "{:?}", receiver.events());
     drop(again);
@@ -234,7 +234,7 @@ async fn a_killed_node_holding_the_last_connection_is_vacated_within_the_bound_o
     let _tab = WsClient::connect(&format!("ws://{addr}/message/42/stream/"))
         .await
         .expect("connect to b");
-    receiver.wait_for(1, Duration::from_secs(3)).await;
+    receiver.wait_for(1, Duration::from_secs(15)).await;
     b.kill().expect("SIGKILL");
     let _ = b.wait();
     // B's entry expires within 2 x refresh; A's next sweep starts the empty clock, and
@@ -267,7 +267,7 @@ async fn a_receiver_down_for_a_while_gets_the_event_when_it_is_back() {
     let _tab = server.connect_user("42").await;
     // The receiver stays down for 20 s from the first attempt (the scenario's outage,
     // not a wait for a state): herald keeps retrying with backoff all along…
-    let first = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let first = receiver.wait_for(1, Duration::from_secs(15)).await;
     tokio::time::sleep_until(first[0].at + Duration::from_secs(20)).await;
     let attempts_while_down = receiver.all().len();
     assert!(
