@@ -302,7 +302,13 @@ impl Task {
                 match self.layer.occupy(&group).await {
                     Ok(true) => webhooks.send(Transition::Occupied, group, subs),
                     Ok(false) => {}
-                    Err(_) => failed += 1,
+                    Err(_) => {
+                        failed += 1;
+                        // Not marked present here, so the next refresh (which writes
+                        // every group) finds it first again and retries the occupy:
+                        // otherwise its `group.occupied` would never be sent.
+                        self.present.remove(&group);
+                    }
                 }
             }
             let at = tokio::time::Instant::now() + webhooks.vacated_delay;

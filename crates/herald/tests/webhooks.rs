@@ -202,6 +202,41 @@ async fn two_tabs_on_two_nodes_give_one_occupied_one_vacated_and_a_reload_gives_
 }
 
 #[tokio::test]
+async fn a_first_connection_while_redis_hangs_is_announced_once_redis_answers() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (receiver, url) = Receiver::start().await;
+    let server =
+        TestServer::with_config(with_webhooks(redis_config(&redis.url(), &prefix), &url)).await;
+    // Redis hangs: the first connection's `occupy` fails (command timeout)…
+    redis.pause();
+    let _tab = server.connect_user("42").await;
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, metrics) = http(server.addr, "GET", "/metrics", &[], b"").await;
+        let failures = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_presence_failures_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if failures > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no presence failure while redis hung"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.all().is_empty());
+    // …and is retried at a later refresh once Redis answers: one occupied, not none.
+    redis.resume();
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    tokio::time::sleep(4 * REFRESH).await;
+    assert_eq!(receiver.events(), vec![event("group.occupied")]);
+}
+
+#[tokio::test]
 async fn a_killed_node_holding_the_last_connection_is_vacated_within_the_bound_once() {
     let redis = RedisProcess::start();
     let prefix = unique_prefix();
