@@ -1,4 +1,5 @@
-//! herald's Redis layer: any number of herald nodes share groups through one Redis.
+//! herald's Redis layer: any number of herald nodes share groups through one Redis, a
+//! Sentinel-managed master, or a Redis Cluster.
 //!
 //! [`RedisLayer`] implements [`herald_core::Layer`] and passes the same conformance suite
 //! as the in-memory layer. Membership stays node-local (the server's hub); Redis moves
@@ -25,12 +26,15 @@
 //!   the call; a call that fails as a whole fails the publishers of that call only.
 //!   Answers are given in call order, so two publishes to one group resolve in the order
 //!   of their offsets. `RedisStats::publish_calls` counts the calls. In a Redis Cluster a
-//!   call may only name keys of one hash slot: there `Flush::partition` must return the
-//!   group's slot (the flusher then batches per slot; one flusher per shard).
+//!   call may only name keys of one hash slot: there `Flush::partition` returns the
+//!   group's slot, so a call carries one slot's messages, a `publish_batch` is split into
+//!   one request per slot (`ClusterState::publish_by_slot`, sent at once), the script uses
+//!   `SPUBLISH`, and at least 16 calls may be in flight so that shards work side by side.
 //! - **History** is one atomic script call too, so the current position and the messages
 //!   come from one instant. Messages older than `history.max_age` are not part of it.
 //! - **Delivery**: one dedicated subscriber connection (RESP2 pub/sub) per layer, which
-//!   `SUBSCRIBE`s to the channel of each group this node wants. `update_subscriptions`
+//!   `SUBSCRIBE`s to the channel of each group this node wants (on a Redis Cluster: one
+//!   per master, `SSUBSCRIBE`, see `cluster/`). `update_subscriptions`
 //!   applies many changes in one write (one `SUBSCRIBE` naming every channel to add, one
 //!   `UNSUBSCRIBE` for those to drop, at most 1024 channels a command), which the server's
 //!   subscriptions task uses to turn a connect storm into a few round trips. Frames are read only when
@@ -275,7 +279,7 @@
 //!
 //! # Layout
 //!
-//! - `layer.rs`: [`RedisLayer`], its `Layer` impl and the state shared with the task.
+//! - `layer.rs`: [`RedisLayer`], its `Layer` impl and the state shared with its tasks.
 //! - `topology.rs`: [`Topology`], the deployment a URL names (one Redis, Sentinel or a cluster).
 //! - `coalesce.rs`: the publish queue and its flusher task (generic over a command path,
 //!   so a sharded layer can run one per shard).
@@ -285,7 +289,7 @@
 //! - `probe.rs`: the readiness probe of the pub/sub path.
 //! - `subscriber.rs`: the subscriber connection: handshake, commands, read loop.
 //! - `scripts.rs`: the publish and history Lua scripts and their replies.
-//! - `keys.rs`, `envelope.rs`, `resp.rs`, `backoff.rs`: names, wire format, RESP2, delays.
+//! - `keys.rs`, `envelope.rs`, `resp.rs`: names, wire format, RESP2.
 //! - `config.rs`, `error.rs`: [`RedisLayerConfig`] and [`RedisLayerError`].
 //! - `cluster/`: Redis Cluster mode: its supervisor and subscription changes (`mod.rs`),
 //!   the shard connections (`shard.rs`), slots and the slot map (`slots.rs`), gap repair

@@ -27,17 +27,19 @@ use crate::layer::Shared;
 use crate::lost_writes::{self, Live};
 use crate::resp::{self, Frame};
 
-/// Room made in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made in the read buffer before each read (here and on cluster shard connections).
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
-/// What one expected answer on the subscriber connection means.
+/// What one expected answer on a subscriber connection (this one, or a cluster shard's)
+/// means.
 #[derive(Debug)]
 pub(crate) enum Reply {
     /// Nobody waits for it (re-subscription after a reconnect, health-check pings).
     Ignore,
     /// A caller waits for it: its command, and everything before it, took effect.
     Notify(oneshot::Sender<()>),
-    /// The re-subscription after a connect is complete: the layer is ready.
+    /// The (re-)subscriptions made on connect are confirmed: the layer (or the shard) is
+    /// ready.
     Ready,
 }
 

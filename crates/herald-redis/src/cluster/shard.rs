@@ -18,7 +18,6 @@ use herald_core::{Backoff, GroupName, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,21 +29,8 @@ use crate::layer::Shared;
 use crate::lost_writes::{self, Live};
 use crate::probe::Probe;
 use crate::resp::{self, Frame};
-use crate::subscriber::End;
-
-/// Room made in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
-
-/// What an answer on a shard connection means.
-#[derive(Debug)]
-pub(crate) enum Reply {
-    /// Nobody waits for it.
-    Ignore,
-    /// A caller waits for it: its commands, and everything before, took effect.
-    Notify(oneshot::Sender<()>),
-    /// The subscriptions made on connect are confirmed: the shard is ready.
-    Ready,
-}
+pub(crate) use crate::subscriber::Reply;
+use crate::subscriber::{End, READ_CHUNK};
 
 /// One command written and not yet answered (each has exactly one answer).
 #[derive(Debug)]
