@@ -10,7 +10,9 @@
 //! - A **layer** ([`Layer`]) moves messages between the nodes that share it and keeps a
 //!   bounded history per group so that a client can resume from a position. Every node
 //!   subscribed to a group receives each message published to it through its
-//!   [`Incoming`] stream, its own publishes included: there is one delivery path.
+//!   [`Incoming`] stream, its own publishes included: there is one delivery path. (One
+//!   shortcut: a [`MemoryLayer`] given a [`DirectSink`] hands its messages to it first,
+//!   in offset order, so a node can deliver from the publishing call itself.)
 //! - [`MemoryLayer`] is the single-process layer (the default); the Redis layer lives in
 //!   its own crate and passes the same conformance suite.
 //!
@@ -37,5 +39,5 @@ pub use layer::{
     HISTORY_ENTRY_OVERHEAD, History, HistoryConfig, Incoming, KeyedItem, Layer, LayerError,
     LocalPresence, Presence, Published,
 };
-pub use memory::MemoryLayer;
+pub use memory::{DirectSink, MemoryLayer};
 pub use message::{Epoch, Message, Payload, PayloadKind, Position};

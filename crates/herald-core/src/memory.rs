@@ -3,7 +3,7 @@
 //! It cannot scale past one node: use the Redis layer to share groups between processes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -58,6 +58,20 @@ pub struct MemoryStats {
     pub evicted: u64,
 }
 
+/// Where a [`MemoryLayer`] hands each message published to a subscribed group, in place
+/// of [`Incoming`] (see [`MemoryLayer::deliver_directly`]): the node's own fan-out, run by
+/// the publisher itself instead of a task woken for it.
+pub trait DirectSink: Send + Sync + std::fmt::Debug {
+    /// Delivers `message` now and returns `None`, or gives it back to go through
+    /// [`Incoming`]. Called in offset order, under the layer's lock: it must neither block
+    /// nor wait, and it must not call the layer.
+    fn offer(&self, message: Message) -> Option<Message>;
+
+    /// Called once the lock is released, after one or more `offer`s took a message: the
+    /// place for the part of a delivery that should not hold the lock (socket writes).
+    fn flush(&self);
+}
+
 /// The in-process layer. Clones share one bus.
 #[derive(Clone, Debug)]
 pub struct MemoryLayer {
@@ -70,9 +84,12 @@ struct Shared {
     history: HistoryConfig,
     max_total_bytes: usize,
     max_groups: usize,
-    /// One lock for all groups: offsets are assigned and messages enqueued under it, which
-    /// is what keeps `Incoming` in offset order. Never held across an `.await`.
+    /// One lock for all groups: offsets are assigned and messages enqueued (or offered to
+    /// `direct`) under it, which is what keeps deliveries in offset order. Never held
+    /// across an `.await`.
     state: Mutex<State>,
+    /// Where published messages go before `Incoming`, once set.
+    direct: OnceLock<Arc<dyn DirectSink>>,
 }
 
 #[derive(Debug, Default)]
@@ -139,8 +156,38 @@ impl MemoryLayer {
             max_total_bytes: config.max_total_bytes,
             max_groups: config.max_groups.max(1),
             state: Mutex::new(State::default()),
+            direct: OnceLock::new(),
         });
         (Self { shared }, rx)
+    }
+
+    /// From now on, offers every message published to a subscribed group to `sink`
+    /// first, under the lock that assigns offsets; only what it gives back goes to
+    /// [`Incoming`]. A sink that delivers keeps each group's order as long as it gives
+    /// back every message of a group while an earlier one of that group is still queued
+    /// on `Incoming`. Set once; a second call is refused and returns `false`.
+    pub fn deliver_directly(&self, sink: Arc<dyn DirectSink>) -> bool {
+        self.shared.direct.set(sink).is_ok()
+    }
+
+    /// `message`, published to a subscribed group, to the direct sink if there is one;
+    /// what is left for `Incoming`. Sets `taken` when the sink took it.
+    fn offer(&self, message: Message, taken: &mut bool) -> Option<Message> {
+        match self.shared.direct.get() {
+            Some(sink) => {
+                let left = sink.offer(message);
+                *taken |= left.is_none();
+                left
+            }
+            None => Some(message),
+        }
+    }
+
+    /// After the lock is released: lets the sink finish what it took.
+    fn flush(&self, taken: bool) {
+        if let (true, Some(sink)) = (taken, self.shared.direct.get()) {
+            sink.flush();
+        }
     }
 
     /// Whether this node asked for `group`'s messages (`subscribe` without a later
@@ -360,9 +407,14 @@ impl Layer for MemoryLayer {
         let mut state = self.lock();
         let (message, subscribed) = state.append(group, payload, &bounds, Instant::now());
         let position = message.position();
+        let mut taken = false;
         if subscribed {
-            permit.send(message);
+            if let Some(message) = self.offer(message, &mut taken) {
+                permit.send(message);
+            }
         }
+        drop(state);
+        self.flush(taken);
         Ok(position)
     }
 
@@ -413,6 +465,7 @@ impl Layer for MemoryLayer {
             };
             let now = Instant::now();
             let bounds = self.shared.bounds();
+            let mut taken = false;
             let mut state = self.lock();
             for item in chunk {
                 if let Some(key) = &item.key {
@@ -437,11 +490,14 @@ impl Layer for MemoryLayer {
                 });
                 if subscribed {
                     // One permit was reserved per item, so one is always left here.
-                    if let Some(permit) = permits.next() {
+                    let left = self.offer(message, &mut taken);
+                    if let (Some(message), Some(permit)) = (left, permits.next()) {
                         permit.send(message);
                     }
                 }
             }
+            drop(state);
+            self.flush(taken);
         }
         Ok(published)
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use herald_core::{GroupName, Message};
 
 use crate::metrics::Metrics;
-use crate::outbox::{Delivered, Mode, OutFrame, Outbox, epoch_tag};
+use crate::outbox::{Delivered, Mode, OutFrame, Outbox, Write, epoch_tag};
 use crate::protocol::{encode_plain, encode_sse, encode_v1};
 
 /// Identifies one WebSocket connection on this node.
@@ -216,8 +216,8 @@ impl Hub {
         for run in messages.chunk_by(|a, b| a.group == b.group) {
             if let Some(members) = self.snapshot(&run[0].group) {
                 let mut encoded = Encoded::new(run);
-                let inline = members.len() <= INLINE_MAX_MEMBERS;
-                let one = self.deliver_to(&members, &mut encoded, inline);
+                let mut write = Write::for_group(members.len());
+                let one = self.deliver_to(&members, &mut encoded, &mut write);
                 total.sent += one.sent;
                 total.dropped += one.dropped;
             }
@@ -227,12 +227,12 @@ impl Hub {
     }
 
     /// Delivers a run (see [`Encoded`]) to `members` (a snapshot, or a slice of one).
-    /// `inline` says whether the group is small enough for direct writes.
+    /// `write` says how the frames may reach the sockets ([`Write::for_group`]).
     pub fn deliver_to(
         &self,
         members: &[Member],
         encoded: &mut Encoded<'_>,
-        inline: bool,
+        write: &mut Write<'_>,
     ) -> Delivered {
         let mut delivered = Delivered::default();
         let Encoded {
@@ -258,7 +258,7 @@ impl Hub {
             );
             let one = member
                 .outbox
-                .offer_all(outs, run.len(), &self.metrics, inline);
+                .offer_all(outs, run.len(), &self.metrics, write.reborrow());
             delivered.sent += one.sent;
             delivered.dropped += one.dropped;
         }

@@ -26,7 +26,12 @@
 //! listens to), `presence` (who is connected, cluster-wide) and `webhooks` (occupied /
 //! vacated events), each one task that owns its state.
 //!
-//! One shortcut: for a small group (≤ [`hub::INLINE_MAX_MEMBERS`] local members, e.g. one
+//! On the memory layer, a message for a small group skips the pump: `direct` fans it out
+//! from the publishing request itself, under the layer's offset lock (no task wake-up,
+//! and a publisher faster than delivery waits instead of queueing); large groups, and
+//! every message while one is still in the pump, take the pump (see `direct.rs`).
+//!
+//! Another shortcut: for a small group (≤ [`hub::INLINE_MAX_MEMBERS`] local members, e.g. one
 //! user's tabs) on a plain-mode connection over plain TCP, the hub writes the frame
 //! to the socket itself when the connection's outbox is empty and its task is not
 //! writing, instead of waking the task; anything the socket does not take at once goes
@@ -40,7 +45,8 @@
 //! - `ws`: the gateway (route, admission, WebSocket upgrade); [`connection`]: one task
 //!   per WebSocket; `sse`: Server-Sent Events on the same routes, resumed through the
 //!   same replay path.
-//! - `pump`: the one task moving messages from the layer into the hub, in slices.
+//! - `pump`: the one task moving messages from the layer into the hub, in slices;
+//!   `direct`: the memory layer's delivery from the publisher, for small groups.
 //! - [`hub`]: node-local membership (sharded, copy-on-write member lists) and fan-out;
 //!   [`outbox`]: one connection's bounded frame queue and its direct-write path;
 //!   [`subscriptions`]: the task keeping the layer subscribed to exactly the groups with
@@ -69,6 +75,7 @@ pub mod client_ip;
 pub mod close;
 pub mod config;
 pub mod connection;
+mod direct;
 mod error_body;
 pub mod hook;
 mod http_limits;

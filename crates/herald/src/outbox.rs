@@ -284,19 +284,21 @@ impl Outbox {
     /// task is not writing gets the frame written to its socket right here (no wake-up
     /// of its task); what the socket does not take is queued for the task as usual.
     pub fn offer(&self, frame: OutFrame, metrics: &Metrics, inline: bool) -> bool {
-        self.offer_all(std::iter::once(frame), 1, metrics, inline)
+        let write = if inline { Write::Inline } else { Write::Queue };
+        self.offer_all(std::iter::once(frame), 1, metrics, write)
             .sent
             == 1
     }
 
-    /// [`Outbox::offer`] for the `n` frames of `frames`, in order, under one lock. Frames
-    /// after an overflow are dropped (the connection is being closed with 4001).
+    /// [`Outbox::offer`] for the `n` frames of `frames`, in order, under one lock, written
+    /// as `write` says. Frames after an overflow are dropped (the connection is being
+    /// closed with 4001).
     pub fn offer_all(
         &self,
         frames: impl Iterator<Item = OutFrame>,
         n: usize,
         metrics: &Metrics,
-        inline: bool,
+        write: Write<'_>,
     ) -> Delivered {
         let shared = &*self.shared;
         let refused = Delivered {
@@ -311,6 +313,7 @@ impl Outbox {
             return refused;
         }
         let was_empty = queue.frames.is_empty();
+        let inline = matches!(write, Write::Inline);
         if !inline && n > 1 {
             // One allocation for a burst instead of the deque doubling its way up.
             queue.frames.reserve(n);
@@ -339,7 +342,15 @@ impl Outbox {
             queue.bytes += frame.frame.len();
             queue.frames.push_back(frame);
         }
-        let wake = was_empty && !queue.frames.is_empty();
+        let mut wake = was_empty && !queue.frames.is_empty();
+        if wake && queue.direct.is_some() && !queue.writing {
+            if let Write::Later(later) = write {
+                // Written by `flush` once the caller's locks are released; it wakes the
+                // task for whatever the socket does not take.
+                later.push(self.clone());
+                wake = false;
+            }
+        }
         drop(queue);
         if overflowed {
             self.overflow(metrics);
@@ -353,11 +364,83 @@ impl Outbox {
         }
     }
 
+    /// Writes the queued frames to the socket while the connection is armed for direct
+    /// writes and its task is not writing, and wakes the task for whatever is left: the
+    /// second half of [`Write::Later`].
+    pub fn flush(&self) {
+        let shared = &*self.shared;
+        let mut queue = shared.queue();
+        if !queue.writing {
+            let queue = &mut *queue;
+            if let Some(socket) = &queue.direct {
+                while let Some(front) = queue.frames.front_mut() {
+                    let len = front.frame.len();
+                    match socket.try_write(&front.frame) {
+                        Ok(n) if n == len => {
+                            queue.count = queue.count.saturating_sub(1);
+                            queue.bytes = queue.bytes.saturating_sub(len);
+                            queue.frames.pop_front();
+                        }
+                        // Part of it: the rest waits for the task (and its bytes stay
+                        // counted, which is what matters for the bound).
+                        Ok(n) => {
+                            front.frame = front.frame.slice(n..);
+                            queue.bytes = queue.bytes.saturating_sub(n);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        let wake = !queue.frames.is_empty();
+        drop(queue);
+        if wake {
+            shared.ready.notify_one();
+        }
+    }
+
     fn overflow(&self, metrics: &Metrics) {
         if self.shared.close_code().is_none() {
             Metrics::add(&metrics.outbox_overflows, 1);
         }
         self.shared.kick(crate::close::SLOW_CONSUMER);
+    }
+}
+
+/// How [`Outbox::offer_all`] may write to the socket.
+#[derive(Debug)]
+pub enum Write<'a> {
+    /// Only through the connection's task.
+    Queue,
+    /// Written right here when the connection is armed for direct writes, its outbox is
+    /// empty and its task is not writing (see [`Outbox::offer`]).
+    Inline,
+    /// Queued; when the connection could have been written to inline, its outbox is
+    /// pushed to the list instead of its task being woken, and the caller must call
+    /// [`Outbox::flush`] on it (after releasing whatever lock it holds, so that the
+    /// socket write happens outside it). Order holds: the frames are queued at once.
+    Later(&'a mut Vec<Outbox>),
+}
+
+impl Write<'_> {
+    /// Inline for a group of at most [`crate::hub::INLINE_MAX_MEMBERS`] local members,
+    /// through the tasks for a larger one (whose fan-out should not wait on sockets).
+    pub fn for_group(members: usize) -> Self {
+        if members <= crate::hub::INLINE_MAX_MEMBERS {
+            Write::Inline
+        } else {
+            Write::Queue
+        }
+    }
+
+    /// The same instruction for one more call.
+    pub fn reborrow(&mut self) -> Write<'_> {
+        match self {
+            Self::Queue => Write::Queue,
+            Self::Inline => Write::Inline,
+            Self::Later(later) => Write::Later(later),
+        }
     }
 }
 
@@ -436,6 +519,51 @@ mod tests {
         // Closing releases the socket: the hub no longer writes.
         rx.close();
         assert!(!outbox.offer(frame_of(b"six".to_vec()), &metrics, true));
+    }
+
+    /// `Write::Later` queues without writing or waking, and names the outbox for
+    /// `flush`, which writes the queued frames in order; while the task writes, `flush`
+    /// leaves the frames to it and wakes it.
+    #[tokio::test]
+    async fn later_writes_wait_for_flush_and_keep_order() {
+        let metrics = Metrics::default();
+        let (socket, mut peer) = socket_pair().await;
+        let (outbox, mut rx) = Outbox::new(Mode::Plain, 8, 1 << 20);
+        rx.arm_direct(socket);
+        let mut later = Vec::new();
+        let frames = [b"one".to_vec(), b"two".to_vec()].map(frame_of);
+        let sent = outbox.offer_all(frames.into_iter(), 2, &metrics, Write::Later(&mut later));
+        assert_eq!(sent.sent, 2);
+        assert_eq!(later.len(), 1, "named for a flush");
+        assert_eq!(outbox.shared().queued(), 2, "queued, not written yet");
+        // A second offer before the flush queues behind them and names nobody.
+        let mut again = Vec::new();
+        outbox.offer_all(
+            std::iter::once(frame_of(b"three".to_vec())),
+            1,
+            &metrics,
+            Write::Later(&mut again),
+        );
+        assert!(again.is_empty());
+        for o in later {
+            o.flush();
+        }
+        assert_eq!(outbox.shared().queued(), 0);
+        assert_eq!(outbox.shared().queue().bytes, 0);
+        assert_eq!(read_exactly(&mut peer, 11).await, b"onetwothree");
+        // The task is writing: the frame is queued for it and nobody is named.
+        rx.begin_writing();
+        let mut later = Vec::new();
+        outbox.offer_all(
+            std::iter::once(frame_of(b"four".to_vec())),
+            1,
+            &metrics,
+            Write::Later(&mut later),
+        );
+        assert!(later.is_empty());
+        outbox.flush();
+        assert_eq!(outbox.shared().queued(), 1, "left to the task");
+        assert_eq!(&rx.try_recv().unwrap().frame[..], b"four");
     }
 
     #[tokio::test]

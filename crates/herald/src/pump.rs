@@ -1,5 +1,6 @@
-//! The delivery pump: the one task that moves messages from the layer's `Incoming` into
-//! the hub, in order — the single delivery path of a node. A large fan-out is delivered
+//! The delivery pump: the task that moves messages from the layer's `Incoming` into the
+//! hub, in order — every message on the Redis layer, and on the memory layer those the
+//! publisher did not deliver itself (`direct.rs`). A large fan-out is delivered
 //! in slices of [`FANOUT_SLICE`] members with a yield between them, so that joins, leaves
 //! and timers waiting on the same worker are never stuck behind it.
 
@@ -9,9 +10,10 @@ use herald_core::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::hub::{Encoded, Hub, INLINE_MAX_MEMBERS};
+use crate::direct::Direct;
+use crate::hub::{Encoded, Hub};
 use crate::metrics::Metrics;
-use crate::outbox::Delivered;
+use crate::outbox::{Delivered, Write};
 
 /// Members delivered to between two yields of a large fan-out.
 pub const FANOUT_SLICE: usize = 1024;
@@ -19,12 +21,14 @@ pub const FANOUT_SLICE: usize = 1024;
 /// Most messages taken from the layer at once.
 const BATCH: usize = 256;
 
-/// Runs until `stop` or the end of `incoming`.
+/// Runs until `stop` or the end of `incoming`. With `direct` (the memory layer's direct
+/// delivery), every message delivered is counted back to it.
 pub(crate) async fn run(
     mut incoming: Incoming,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     admin: Option<Arc<Admin>>,
+    direct: Option<Arc<Direct>>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -40,6 +44,9 @@ pub(crate) async fn run(
         deliver(&hub, &batch).await;
         if let Some(admin) = &admin {
             admin.count(&batch);
+        }
+        if let Some(direct) = &direct {
+            direct.pumped(n);
         }
         batch.clear();
     }
@@ -59,11 +66,11 @@ pub(crate) async fn deliver(hub: &Hub, batch: &[herald_core::Message]) -> Delive
             let streams: Vec<_> = members.iter().filter(|m| !m.is_plain()).cloned().collect();
             members = Arc::new(streams);
         }
-        let inline = members.len() <= INLINE_MAX_MEMBERS;
+        let mut write = Write::for_group(members.len());
         let mut encoded = Encoded::new(run);
         let sliced = members.len() > FANOUT_SLICE;
         for slice in members.chunks(FANOUT_SLICE) {
-            let one = hub.deliver_to(slice, &mut encoded, inline);
+            let one = hub.deliver_to(slice, &mut encoded, &mut write);
             total.sent += one.sent;
             total.dropped += one.dropped;
             if sliced {

@@ -217,11 +217,23 @@ pub async fn serve(
         &background,
         stop_background.clone(),
     );
+    let direct = match &layer {
+        NodeLayer::Memory(memory) => {
+            let direct = Arc::new(crate::direct::Direct::new(
+                hub.clone(),
+                metrics.clone(),
+                admin.clone(),
+            ));
+            memory.deliver_directly(direct.clone()).then_some(direct)
+        }
+        NodeLayer::Redis(_) => None,
+    };
     background.spawn(crate::pump::run(
         incoming,
         hub.clone(),
         metrics.clone(),
         admin.clone(),
+        direct,
         stop_background.clone(),
     ));
     let tick_every = (config.heartbeat.interval / 2).max(Duration::from_millis(10));
