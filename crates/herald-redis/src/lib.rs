@@ -23,7 +23,11 @@
 //!   that interval, so keys never expire sooner than `max_age` after the last message.
 //!   Each message runs under `pcall` and has its own outcome: one that Redis refuses
 //!   fails its own publisher (a `publish_batch` request stops at it), not the others of
-//!   the call; a call that fails as a whole fails the publishers of that call only.
+//!   the call; a call that fails as a whole fails the publishers of that call only. A
+//!   call of exactly one message (a lone publish, the common case) runs a script written
+//!   for one message instead, with the same effects and answers but none of the batch
+//!   script's per-message tables, closures and `pcall`: there an error Redis answers is
+//!   that message's refusal.
 //!   Answers are given in call order, so two publishes to one group resolve in the order
 //!   of their offsets. `RedisStats::publish_calls` counts the calls. In a Redis Cluster a
 //!   call may only name keys of one hash slot: there `Flush::partition` returns the
