@@ -19,7 +19,7 @@
 //!   creates the group's epoch if it has none, takes the next offset, appends the message
 //!   to its history stream (trimmed to `history.max_len` entries and `history.max_bytes`
 //!   bytes) and `PUBLISH`es an envelope on the group's channel. It refreshes the TTL of a
-//!   group's keys at most once per `min(1 s, max_age / 10)`, to `history.max_age` plus
+//!   group's keys at most once per `min(1 min, max_age / 10)`, to `history.max_age` plus
 //!   that interval, so keys never expire sooner than `max_age` after the last message.
 //!   Each message runs under `pcall` and has its own outcome: one that Redis refuses
 //!   fails its own publisher (a `publish_batch` request stops at it), not the others of
@@ -180,7 +180,7 @@
 //!
 //! | name | type | content | TTL |
 //! |---|---|---|---|
-//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry), `x`: when a publish last refreshed the TTLs (Unix ms) | `history.max_age` + up to 1 s, refreshed by a publish at most once a second (and at once when it creates the stream or the epoch); `history.max_age` when `history` creates the epoch |
+//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry), `x`: when a publish last refreshed the TTLs (Unix ms) | `history.max_age` + up to `min(1 min, max_age / 10)`, refreshed by a publish at most once per that interval (and at once when it creates the stream or the epoch); `history.max_age` when `history` creates the epoch |
 //! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | as the meta key, refreshed with it |
 //! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
 //! | `{prefix}:{{group}}:presence` | hash | one field per node with connections in the group: `{valid_until_ms}\n{connections}\n{subs}` (see `presence.rs`) | the writer's presence `ttl`, refreshed by each update; expired fields are skipped and deleted by reads |

@@ -336,7 +336,7 @@ async fn concurrent_publishers_see_each_groups_offsets_in_order_and_delivery_fol
 }
 
 #[tokio::test]
-async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_second() {
+async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_minute() {
     let redis = RedisProcess::start();
     let prefix = unique_prefix();
     let history_config = herald_core::HistoryConfig {
@@ -363,7 +363,8 @@ async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_second() {
             }
         }
     };
-    let max = i64::try_from(history_config.max_age.as_millis()).expect("fits") + 1000;
+    // The refresh interval with the default day-long history: one minute.
+    let max = i64::try_from(history_config.max_age.as_millis()).expect("fits") + 60_000;
     layer
         .publish(&g, Payload::text("one"))
         .await
@@ -378,7 +379,7 @@ async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_second() {
         "refresh time kept: {x:?}"
     );
     // Too large to keep: the stream goes; the next message creates it anew, within the
-    // second since the last refresh, and it still gets a TTL at once.
+    // minute since the last refresh, and it still gets a TTL at once.
     layer
         .publish(&g, Payload::text("y".repeat(2000)))
         .await
@@ -572,4 +573,44 @@ async fn a_lone_publish_with_an_idempotency_key_publishes_once() {
         vec![(1, "before".to_owned()), (2, "a".to_owned())]
     );
     assert_eq!(layer.stats().publish_calls, 4, "each went alone");
+}
+
+/// The TTLs are refreshed once the refresh interval (a tenth of `max_age` here) has
+/// passed since the last refresh, and not before.
+#[tokio::test]
+async fn a_lone_publish_refreshes_the_ttls_once_the_interval_passed() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let history_config = herald_core::HistoryConfig {
+        max_age: Duration::from_secs(2),
+        ..herald_core::HistoryConfig::default()
+    };
+    let mut config = RedisLayerConfig::new(redis.url())
+        .with_prefix(&prefix)
+        .with_history(history_config);
+    config.command_timeout = Duration::from_secs(8);
+    let (layer, _incoming) = RedisLayer::new(config).expect("valid config");
+    ready(&layer).await;
+    let g = group("g");
+    let pexpires = |calls: Vec<(String, u64)>| {
+        calls
+            .into_iter()
+            .find(|(name, _)| name == "pexpire")
+            .map_or(0, |(_, n)| n)
+    };
+    layer.publish(&g, Payload::text("one")).await.expect("one");
+    redis.cmd(&["CONFIG", "RESETSTAT"]).await;
+    layer.publish(&g, Payload::text("two")).await.expect("two");
+    assert_eq!(pexpires(command_calls(&redis).await), 0, "within 200 ms");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    layer
+        .publish(&g, Payload::text("three"))
+        .await
+        .expect("three");
+    assert_eq!(pexpires(command_calls(&redis).await), 2, "after 200 ms");
+    let meta = format!("{prefix}:{{g}}:meta");
+    match redis.cmd(&["PTTL", &meta]).await {
+        redis::Value::Int(ttl) => assert!((1_900..=2_200).contains(&ttl), "{ttl}"),
+        other => panic!("PTTL answered {other:?}"),
+    }
 }
