@@ -53,6 +53,12 @@
 //!   (or the re-subscription after a reconnect) brings Redis in line when it catches up.
 //!   Messages are delivered only for groups in the set.
 //! - **Commands** (publish calls, history, presence) share one multiplexed connection.
+//! - **Presence writes** (`presence.rs`): on one Redis or Sentinel's master, writes made
+//!   while one is in flight queue and go out together in one script call (up to 256
+//!   groups; each group's write has its own outcome), sent by a task that runs while the
+//!   queue is not empty. The server rewrites every group's entry each presence refresh,
+//!   which one call per group made as many script calls as a per-user run publishes
+//!   messages. On a Redis Cluster each write is its own call (one slot per call).
 //! - **Readiness** proves the pub/sub path (`probe.rs`): every `probe_interval` the
 //!   layer publishes a sequence number on its private probe channel through the command
 //!   connection and expects it back on the subscriber connection. While one stays
