@@ -545,10 +545,10 @@ impl Layer for RedisLayer {
         }
     }
 
-    /// One script call on the group's presence hash (see `presence.rs`).
+    /// Writes this node's entry in the group's presence hash (see `presence.rs`).
     /// On one Redis (or Sentinel's master), writes made while another is in flight are
     /// queued and go out together in one script call when it returns (up to
-    /// [`PRESENCE_BATCH`]), sent by a task that runs while the queue is not empty: the
+    /// `PRESENCE_BATCH`), sent by a task that runs while the queue is not empty: the
     /// server's presence task rewrites every group's entry each refresh, and one call per
     /// group cost as many script calls as a per-user run publishes messages. A write may
     /// so wait for the call in flight, then for its own: up to twice `command_timeout`.
