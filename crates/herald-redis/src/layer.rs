@@ -12,7 +12,7 @@ use herald_core::{
     Position, Presence, Published,
 };
 use redis::ConnectionAddr;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +97,21 @@ pub(crate) struct Shared {
     pub(crate) seen: Seen,
     /// The queue of publishes waiting for a script call (`coalesce.rs`).
     publisher: Coalescer,
+    /// Presence writes waiting for a script call (one Redis or Sentinel; see
+    /// `RedisLayer::presence_update`).
+    presence_writes: Mutex<PresenceQueue>,
 }
+
+/// Presence writes queued while one call is in flight; they go out together in the next.
+#[derive(Default)]
+struct PresenceQueue {
+    writes: Vec<(presence::Write, oneshot::Sender<Result<(), LayerError>>)>,
+    /// A task is sending the queue, one call at a time, until it is empty.
+    draining: bool,
+}
+
+/// Most presence writes in one script call.
+const PRESENCE_BATCH: usize = 256;
 
 /// Where a layer's connections go.
 #[derive(Debug)]
@@ -228,6 +242,7 @@ impl RedisLayer {
             stats: Counters::default(),
             node: format!("{:016x}", fastrand::u64(..)),
             seen: Seen::default(),
+            presence_writes: Mutex::default(),
             publisher: Coalescer::new(Bounds {
                 max_items: config.publish_batch_max,
                 max_bytes: config.publish_batch_max_bytes,
@@ -530,7 +545,15 @@ impl Layer for RedisLayer {
         }
     }
 
-    /// One script call on the group's presence hash (see `presence.rs`).
+    /// Writes this node's entry in the group's presence hash (see `presence.rs`).
+    /// On one Redis (or Sentinel's master), writes made while another is in flight are
+    /// queued and go out together in one script call when it returns (up to
+    /// `PRESENCE_BATCH`), sent by a task that runs while the queue is not empty: the
+    /// server's presence task rewrites every group's entry each refresh, and one call per
+    /// group cost as many script calls as a per-user run publishes messages. A write may
+    /// so wait for the call in flight, then for its own: up to twice `command_timeout`.
+    /// A hash Redis refuses fails its own write only. On a Redis Cluster (one slot per
+    /// call) each write is its own call.
     async fn presence_update(
         &self,
         group: &GroupName,
@@ -540,12 +563,31 @@ impl Layer for RedisLayer {
         self.check_open()?;
         let shared = &self.inner.shared;
         let (session, mut conn) = shared.command_connection()?;
-        let call = presence::update(&mut conn, &shared.keys, &shared.node, group, local, ttl);
-        match tokio::time::timeout(shared.config.command_timeout, call).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(shared.command_failed(session, e)),
-            Err(_) => Err(shared.timed_out()),
+        if shared.cluster.is_some() {
+            let call = presence::update(&mut conn, &shared.keys, &shared.node, group, local, ttl);
+            return match tokio::time::timeout(shared.config.command_timeout, call).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(shared.command_failed(session, e)),
+                Err(_) => Err(shared.timed_out()),
+            };
         }
+        drop(conn);
+        let (tx, rx) = oneshot::channel();
+        let write = presence::Write {
+            group: group.clone(),
+            local: local.clone(),
+            ttl,
+        };
+        let start = {
+            let mut queue = lock(&shared.presence_writes);
+            queue.writes.push((write, tx));
+            !std::mem::replace(&mut queue.draining, true)
+        };
+        if start {
+            tokio::spawn(Arc::clone(shared).send_presence());
+        }
+        // The sender is dropped unanswered only if the task is (the runtime stops).
+        rx.await.unwrap_or(Err(LayerError::Closed))
     }
 
     /// One script call on the group's presence hash: one round trip, whatever the
@@ -725,6 +767,56 @@ impl Shared {
             }
         }
         LayerError::Unavailable(error.to_string())
+    }
+
+    /// Sends the queued presence writes, a call at a time, until the queue is empty.
+    async fn send_presence(self: Arc<Self>) {
+        loop {
+            let batch: Vec<_> = {
+                let mut queue = lock(&self.presence_writes);
+                if queue.writes.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                let n = queue.writes.len().min(PRESENCE_BATCH);
+                queue.writes.drain(..n).collect()
+            };
+            let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let outcome = match self.command_connection() {
+                Err(e) => Err(e),
+                Ok((session, mut conn)) => {
+                    let call = presence::update_many(&mut conn, &self.keys, &self.node, &writes);
+                    match tokio::time::timeout(self.config.command_timeout, call).await {
+                        Ok(Ok(outcomes)) => Ok(outcomes),
+                        Ok(Err(e)) => Err(self.command_failed(session, e)),
+                        Err(_) => Err(self.timed_out()),
+                    }
+                }
+            };
+            match outcome {
+                Ok(outcomes) => {
+                    for (reply, why) in replies.into_iter().zip(outcomes) {
+                        let answer = match why {
+                            None => Ok(()),
+                            Some(why) => {
+                                self.stats.unavailable.increment();
+                                tracing::warn!(prefix = %self.config.prefix, error = %why, "redis refused a presence write");
+                                Err(LayerError::Unavailable(format!(
+                                    "redis refused the presence write: {why}"
+                                )))
+                            }
+                        };
+                        // The writer may have given up waiting: nothing to do then.
+                        let _ = reply.send(answer);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 
     fn timed_out(&self) -> LayerError {

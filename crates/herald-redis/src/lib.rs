@@ -19,11 +19,15 @@
 //!   creates the group's epoch if it has none, takes the next offset, appends the message
 //!   to its history stream (trimmed to `history.max_len` entries and `history.max_bytes`
 //!   bytes) and `PUBLISH`es an envelope on the group's channel. It refreshes the TTL of a
-//!   group's keys at most once per `min(1 s, max_age / 10)`, to `history.max_age` plus
+//!   group's keys at most once per `min(1 min, max_age / 10)`, to `history.max_age` plus
 //!   that interval, so keys never expire sooner than `max_age` after the last message.
 //!   Each message runs under `pcall` and has its own outcome: one that Redis refuses
 //!   fails its own publisher (a `publish_batch` request stops at it), not the others of
-//!   the call; a call that fails as a whole fails the publishers of that call only.
+//!   the call; a call that fails as a whole fails the publishers of that call only. A
+//!   call of exactly one message (a lone publish, the common case) runs a script written
+//!   for one message instead, with the same effects and answers but none of the batch
+//!   script's per-message tables, closures and `pcall`: there an error Redis answers is
+//!   that message's refusal.
 //!   Answers are given in call order, so two publishes to one group resolve in the order
 //!   of their offsets. `RedisStats::publish_calls` counts the calls. In a Redis Cluster a
 //!   call may only name keys of one hash slot: there `Flush::partition` returns the
@@ -49,6 +53,12 @@
 //!   (or the re-subscription after a reconnect) brings Redis in line when it catches up.
 //!   Messages are delivered only for groups in the set.
 //! - **Commands** (publish calls, history, presence) share one multiplexed connection.
+//! - **Presence writes** (`presence.rs`): on one Redis or Sentinel's master, writes made
+//!   while one is in flight queue and go out together in one script call (up to 256
+//!   groups; each group's write has its own outcome), sent by a task that runs while the
+//!   queue is not empty. The server rewrites every group's entry each presence refresh,
+//!   which one call per group made as many script calls as a per-user run publishes
+//!   messages. On a Redis Cluster each write is its own call (one slot per call).
 //! - **Readiness** proves the pub/sub path (`probe.rs`): every `probe_interval` the
 //!   layer publishes a sequence number on its private probe channel through the command
 //!   connection and expects it back on the subscriber connection. While one stays
@@ -176,7 +186,7 @@
 //!
 //! | name | type | content | TTL |
 //! |---|---|---|---|
-//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry), `x`: when a publish last refreshed the TTLs (Unix ms) | `history.max_age` + up to 1 s, refreshed by a publish at most once a second (and at once when it creates the stream or the epoch); `history.max_age` when `history` creates the epoch |
+//! | `{prefix}:{{group}}:meta` | hash | `e`: epoch, `o`: offset of the last message, `b`: bytes in the stream (payloads plus `HISTORY_ENTRY_OVERHEAD` per entry), `x`: when a publish last refreshed the TTLs (Unix ms) | `history.max_age` + up to `min(1 min, max_age / 10)`, refreshed by a publish at most once per that interval (and at once when it creates the stream or the epoch); `history.max_age` when `history` creates the epoch |
 //! | `{prefix}:{{group}}:stream` | stream | entry `{offset}-0` with fields `k` (kind: `t`/`b`), `d` (payload bytes), `t` (publish time, Unix ms); at most `history.max_len` entries and `history.max_bytes` bytes | as the meta key, refreshed with it |
 //! | `{prefix}:{{group}}:ch` | pub/sub channel | one envelope per message | none (channels hold no state) |
 //! | `{prefix}:{{group}}:presence` | hash | one field per node with connections in the group: `{valid_until_ms}\n{connections}\n{subs}` (see `presence.rs`) | the writer's presence `ttl`, refreshed by each update; expired fields are skipped and deleted by reads |

@@ -167,7 +167,43 @@ where
         .collect())
 }
 
+/// [`UPDATE_LUA`] for many groups in one call (`update_many`): the same effects per group,
+/// `TIME` once. Each group runs under `pcall`, so a hash Redis refuses (a key of the wrong
+/// type) fails that group's write only.
+///
+/// KEYS: the groups' presence hashes. ARGV: node id, then per group i, at 3i-1, 3i and
+/// 3i+1: ttl ms, connections, encoded subs. Returns per group '' when written (or
+/// deleted), else Redis' error text.
+const UPDATE_MANY_LUA: &str = r#"
+local node = ARGV[1]
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local function one(key, ttl, connections, subs)
+  if tonumber(connections) == 0 then
+    redis.call('HDEL', key, node)
+    return
+  end
+  redis.call('HSET', key, node, string.format('%d', now_ms + ttl) .. '\n' .. connections .. '\n' .. subs)
+  if redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+local out = {}
+for i = 1, #KEYS do
+  local ok, e = pcall(one, KEYS[i], tonumber(ARGV[3 * i - 1]), ARGV[3 * i], ARGV[3 * i + 1])
+  if ok then
+    out[i] = ''
+  elseif type(e) == 'table' then
+    out[i] = tostring(e.err or e[1] or 'error')
+  else
+    out[i] = tostring(e)
+  end
+end
+return out
+"#;
+
 static UPDATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UPDATE_LUA));
+static UPDATE_MANY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UPDATE_MANY_LUA));
 static READ: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(READ_LUA));
 
 /// Writes (or with no connection, deletes) `node`'s entry for `group`.
@@ -193,6 +229,56 @@ where
         .invoke_async(conn)
         .await?;
     Ok(())
+}
+
+/// One group's entry to write with [`update_many`].
+pub(crate) struct Write {
+    pub(crate) group: GroupName,
+    pub(crate) local: LocalPresence,
+    pub(crate) ttl: Duration,
+}
+
+/// Writes the entries of `writes` in one script call (keys of any slots: one Redis only).
+/// Returns per write `None` when written, else the error text Redis gave for it.
+pub(crate) async fn update_many<C>(
+    conn: &mut C,
+    keys: &Keys,
+    node: &str,
+    writes: &[Write],
+) -> Result<Vec<Option<String>>, ScriptError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut invocation = UPDATE_MANY.prepare_invoke();
+    invocation.arg(node);
+    for write in writes {
+        // At least 1 ms: PEXPIRE 0 deletes the key on the spot.
+        let ttl_ms = u64::try_from(write.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        invocation
+            .key(keys.presence(&write.group))
+            .arg(ttl_ms)
+            .arg(write.local.connections)
+            .arg(encode_subs(&write.local.subs));
+    }
+    let reply: Value = invocation.invoke_async(conn).await?;
+    let Value::Array(values) = reply else {
+        return Err(BadReply("presence update reply is not an array").into());
+    };
+    if values.len() != writes.len() {
+        return Err(BadReply("presence update reply has the wrong length").into());
+    }
+    values
+        .into_iter()
+        .map(|value| match value {
+            Value::BulkString(text) if text.is_empty() => Ok(None),
+            Value::BulkString(text) => Ok(Some(String::from_utf8_lossy(&text).into_owned())),
+            Value::SimpleString(text) if text.is_empty() => Ok(None),
+            Value::SimpleString(text) => Ok(Some(text)),
+            _ => Err(BadReply("presence update outcome is not a string").into()),
+        })
+        .collect()
 }
 
 /// Reads the live entries of `group` and sums them.

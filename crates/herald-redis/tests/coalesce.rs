@@ -336,7 +336,7 @@ async fn concurrent_publishers_see_each_groups_offsets_in_order_and_delivery_fol
 }
 
 #[tokio::test]
-async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_second() {
+async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_minute() {
     let redis = RedisProcess::start();
     let prefix = unique_prefix();
     let history_config = herald_core::HistoryConfig {
@@ -363,7 +363,8 @@ async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_second() {
             }
         }
     };
-    let max = i64::try_from(history_config.max_age.as_millis()).expect("fits") + 1000;
+    // The refresh interval with the default day-long history: one minute.
+    let max = i64::try_from(history_config.max_age.as_millis()).expect("fits") + 60_000;
     layer
         .publish(&g, Payload::text("one"))
         .await
@@ -378,7 +379,7 @@ async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_second() {
         "refresh time kept: {x:?}"
     );
     // Too large to keep: the stream goes; the next message creates it anew, within the
-    // second since the last refresh, and it still gets a TTL at once.
+    // minute since the last refresh, and it still gets a TTL at once.
     layer
         .publish(&g, Payload::text("y".repeat(2000)))
         .await
@@ -403,4 +404,213 @@ async fn keys_always_carry_a_ttl_refreshed_at_most_once_a_second() {
         rest.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
         vec![3]
     );
+}
+
+/// `INFO commandstats` as (command, calls), for the commands a publish script runs.
+async fn command_calls(redis: &RedisProcess) -> Vec<(String, u64)> {
+    let text = match redis.cmd(&["INFO", "commandstats"]).await {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("INFO answered {other:?}"),
+    };
+    let mut out: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            let wanted = [
+                "hmget", "hset", "xlen", "xadd", "pexpire", "del", "get", "set",
+            ];
+            wanted
+                .contains(&name)
+                .then(|| (name.to_owned(), calls.parse().expect("a count")))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A lone publish runs the one-message script: its refresh time goes in the same `HSET`
+/// as the offset (the batch script writes it separately), the TTLs are set when the
+/// group is new and not again within the refresh interval.
+#[tokio::test]
+async fn a_lone_publish_runs_the_one_message_script() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let layer = layer(&redis, &prefix, 256, 1 << 20).await;
+    let g = group("g");
+    let meta = format!("{prefix}:{{g}}:meta");
+    let stream = format!("{prefix}:{{g}}:stream");
+    redis.cmd(&["CONFIG", "RESETSTAT"]).await;
+    let first = layer.publish(&g, Payload::text("one")).await.expect("one");
+    assert_eq!(first.offset, 1);
+    let calls = |list: &[(&str, u64)]| {
+        list.iter()
+            .map(|(n, c)| ((*n).to_owned(), *c))
+            .collect::<Vec<_>>()
+    };
+    // A new group: a new epoch (DEL of a stream left over), one HSET of `e o b x`,
+    // both TTLs set.
+    assert_eq!(
+        command_calls(&redis).await,
+        calls(&[
+            ("del", 1),
+            ("hmget", 1),
+            ("hset", 1),
+            ("pexpire", 2),
+            ("xadd", 1)
+        ])
+    );
+    for key in [&meta, &stream] {
+        match redis.cmd(&["PTTL", key]).await {
+            redis::Value::Int(ttl) => assert!(ttl > 0, "{key}: {ttl}"),
+            other => panic!("PTTL answered {other:?}"),
+        }
+    }
+    redis.cmd(&["CONFIG", "RESETSTAT"]).await;
+    let second = layer.publish(&g, Payload::text("two")).await.expect("two");
+    assert_eq!(second.offset, 2);
+    assert_eq!(second.epoch, first.epoch);
+    // Within the refresh interval: no TTL refresh, one HSET of `o b`.
+    assert_eq!(
+        command_calls(&redis).await,
+        calls(&[("hmget", 1), ("hset", 1), ("xadd", 1), ("xlen", 1)])
+    );
+    assert_eq!(layer.stats().publish_calls, 2);
+    assert_eq!(
+        history(&layer, &g).await,
+        vec![(1, "one".to_owned()), (2, "two".to_owned())]
+    );
+}
+
+/// On the one-message path a message Redis refuses fails its publisher with Redis' reason,
+/// changes nothing, and leaves the connection to the next publish.
+#[tokio::test]
+async fn a_lone_publish_redis_refuses_fails_alone_and_changes_nothing() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let layer = layer(&redis, &prefix, 256, 1 << 20).await;
+    let (good, bad) = (group("good"), group("bad"));
+    layer.publish(&bad, Payload::text("a")).await.expect("a");
+    // The stream key of the wrong type: the script's XLEN fails.
+    let stream = format!("{prefix}:{{bad}}:stream");
+    redis.cmd(&["DEL", &stream]).await;
+    redis.cmd(&["SET", &stream, "not a stream"]).await;
+    let unavailable = layer.stats().unavailable;
+    match layer.publish(&bad, Payload::text("b")).await {
+        Err(LayerError::Unavailable(why)) => {
+            assert!(why.contains("redis refused the message"), "{why}");
+            assert!(why.contains("WRONGTYPE"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(layer.stats().unavailable, unavailable + 1);
+    let meta = format!("{prefix}:{{bad}}:meta");
+    assert_eq!(
+        redis.cmd(&["HGET", &meta, "o"]).await,
+        redis::Value::BulkString(b"1".to_vec()),
+        "the refused message took no offset"
+    );
+    assert_eq!(
+        layer
+            .publish(&good, Payload::text("c"))
+            .await
+            .expect("c")
+            .offset,
+        1
+    );
+    assert!(layer.is_ready());
+    assert_eq!(layer.stats().reconnects, 0);
+}
+
+/// An idempotency key on the one-message path: the retry publishes nothing and answers
+/// the first position; the key lives for the window.
+#[tokio::test]
+async fn a_lone_publish_with_an_idempotency_key_publishes_once() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let layer = layer(&redis, &prefix, 256, 1 << 20).await;
+    let g = group("g");
+    let window = Duration::from_secs(60);
+    layer
+        .publish(&g, Payload::text("before"))
+        .await
+        .expect("before");
+    let first = layer
+        .publish_once(&g, Payload::text("a"), "k", window)
+        .await
+        .expect("a")
+        .expect("published");
+    assert_eq!(first.offset, 2);
+    let again = layer
+        .publish_once(&g, Payload::text("a again"), "k", window)
+        .await
+        .expect("again");
+    assert_eq!(again, None, "a retry publishes nothing");
+    let keyed = KeyedItem {
+        group: g.clone(),
+        payload: Payload::text("a once more"),
+        key: Some(Arc::from("k")),
+    };
+    let retried = layer
+        .publish_idempotent(vec![keyed], window)
+        .await
+        .expect("retry");
+    assert_eq!(
+        retried
+            .iter()
+            .map(|p| (p.position.clone(), p.duplicate))
+            .collect::<Vec<_>>(),
+        vec![(first.clone(), true)]
+    );
+    let once = format!("{prefix}:{{g}}:once:k");
+    match redis.cmd(&["PTTL", &once]).await {
+        redis::Value::Int(ttl) => assert!((1..=60_000).contains(&ttl), "{ttl}"),
+        other => panic!("PTTL answered {other:?}"),
+    }
+    assert_eq!(
+        history(&layer, &g).await,
+        vec![(1, "before".to_owned()), (2, "a".to_owned())]
+    );
+    assert_eq!(layer.stats().publish_calls, 4, "each went alone");
+}
+
+/// The TTLs are refreshed once the refresh interval (a tenth of `max_age` here) has
+/// passed since the last refresh, and not before.
+#[tokio::test]
+async fn a_lone_publish_refreshes_the_ttls_once_the_interval_passed() {
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let history_config = herald_core::HistoryConfig {
+        max_age: Duration::from_secs(2),
+        ..herald_core::HistoryConfig::default()
+    };
+    let mut config = RedisLayerConfig::new(redis.url())
+        .with_prefix(&prefix)
+        .with_history(history_config);
+    config.command_timeout = Duration::from_secs(8);
+    let (layer, _incoming) = RedisLayer::new(config).expect("valid config");
+    ready(&layer).await;
+    let g = group("g");
+    let pexpires = |calls: Vec<(String, u64)>| {
+        calls
+            .into_iter()
+            .find(|(name, _)| name == "pexpire")
+            .map_or(0, |(_, n)| n)
+    };
+    layer.publish(&g, Payload::text("one")).await.expect("one");
+    redis.cmd(&["CONFIG", "RESETSTAT"]).await;
+    layer.publish(&g, Payload::text("two")).await.expect("two");
+    assert_eq!(pexpires(command_calls(&redis).await), 0, "within 200 ms");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    layer
+        .publish(&g, Payload::text("three"))
+        .await
+        .expect("three");
+    assert_eq!(pexpires(command_calls(&redis).await), 2, "after 200 ms");
+    let meta = format!("{prefix}:{{g}}:meta");
+    match redis.cmd(&["PTTL", &meta]).await {
+        redis::Value::Int(ttl) => assert!((1_900..=2_200).contains(&ttl), "{ttl}"),
+        other => panic!("PTTL answered {other:?}"),
+    }
 }

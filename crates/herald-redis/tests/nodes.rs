@@ -196,7 +196,7 @@ async fn churn_leaves_exactly_the_wanted_subscriptions() {
         }
     })
     .await;
-    for (i, g) in groups.iter().enumerate() {
+    for (i, g) in (0u64..).zip(&groups) {
         if i % 2 == 0 {
             layer.subscribe(g).await.expect("subscribe");
         } else {
@@ -566,4 +566,105 @@ async fn command_calls(redis: &RedisProcess, cmd: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
+}
+
+/// `evalsha` calls so far.
+async fn script_calls(redis: &RedisProcess) -> u64 {
+    let text = match redis.cmd(&["INFO", "commandstats"]).await {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("INFO answered {other:?}"),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|f| f.split(',').find_map(|f| f.strip_prefix("calls=")))
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+/// Concurrent presence writes (the server's refresh makes 64 at a time) share script
+/// calls, and each group gets its own entry, with its TTL; zero connections deletes.
+#[tokio::test]
+async fn concurrent_presence_writes_share_calls_and_each_group_gets_its_entry() {
+    use herald_core::{LocalPresence, Presence};
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _a_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    let ttl = Duration::from_secs(30);
+    let groups: Vec<GroupName> = (0..200u64).map(|i| group(&format!("user.{i}"))).collect();
+    let before = script_calls(&redis).await;
+    let mut writes = JoinSet::new();
+    for (i, g) in (0u64..).zip(&groups) {
+        let (a, g) = (a.clone(), g.clone());
+        let entry = LocalPresence {
+            connections: i % 3,
+            subs: vec![format!("{i}")],
+        };
+        writes.spawn(async move { a.presence_update(&g, &entry, ttl).await });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("task").expect("written");
+    }
+    let calls = script_calls(&redis).await - before;
+    assert!(
+        calls < 100,
+        "200 concurrent writes took {calls} script calls"
+    );
+    for (i, g) in (0u64..).zip(&groups) {
+        let want = if i % 3 == 0 {
+            Presence::default()
+        } else {
+            Presence {
+                connections: i % 3,
+                subs: vec![format!("{i}")],
+                nodes: 1,
+            }
+        };
+        assert_eq!(a.presence(g).await.expect("read"), want, "{g}");
+        let key = format!("{prefix}:{{{g}}}:presence");
+        match redis.cmd(&["PTTL", &key]).await {
+            redis::Value::Int(n) if i % 3 == 0 => assert_eq!(n, -2, "{g}: no key"),
+            redis::Value::Int(n) => assert!((1..=30_000).contains(&n), "{g}: {n}"),
+            other => panic!("PTTL answered {other:?}"),
+        }
+    }
+}
+
+/// A presence hash Redis refuses (a key of the wrong type) fails its own write only, also
+/// when it shares a call with others.
+#[tokio::test]
+async fn a_refused_presence_write_fails_alone() {
+    use herald_core::{LayerError, LocalPresence};
+    let redis = RedisProcess::start();
+    let prefix = unique_prefix();
+    let (a, _a_rx) = layer(&redis, &prefix);
+    ready(&a).await;
+    let bad = group("bad");
+    redis
+        .cmd(&["SET", &format!("{prefix}:{{bad}}:presence"), "not a hash"])
+        .await;
+    let entry = LocalPresence {
+        connections: 1,
+        subs: vec!["s".to_owned()],
+    };
+    let ttl = Duration::from_secs(30);
+    let mut writes = JoinSet::new();
+    for i in 0..50 {
+        let g = if i == 25 {
+            bad.clone()
+        } else {
+            group(&format!("g{i}"))
+        };
+        let (a, entry) = (a.clone(), entry.clone());
+        writes.spawn(async move { (i, a.presence_update(&g, &entry, ttl).await) });
+    }
+    while let Some(done) = writes.join_next().await {
+        match done.expect("task") {
+            (25, Err(LayerError::Unavailable(why))) => assert!(why.contains("WRONGTYPE"), "{why}"),
+            (25, other) => panic!("the bad group: {other:?}"),
+            (i, outcome) => outcome.unwrap_or_else(|e| panic!("g{i}: {e:?}")),
+        }
+    }
+    assert_eq!(a.presence(&group("g3")).await.expect("read").connections, 1);
+    assert!(a.is_ready());
 }
