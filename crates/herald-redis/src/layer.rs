@@ -100,14 +100,16 @@ pub(crate) struct Shared {
     /// Presence writes waiting for a script call (one Redis or Sentinel; see
     /// `RedisLayer::presence_update`).
     presence_writes: Mutex<PresenceQueue>,
+    /// Wakes the presence writer task (`Shared::write_presence`) when writes are queued.
+    presence_queued: Notify,
 }
 
 /// Presence writes queued while one call is in flight; they go out together in the next.
+/// Bounded by its callers: each waits for its answer (the server's presence task keeps a
+/// fixed number of writes in flight).
 #[derive(Default)]
 struct PresenceQueue {
     writes: Vec<(presence::Write, oneshot::Sender<Result<(), LayerError>>)>,
-    /// A task is sending the queue, one call at a time, until it is empty.
-    draining: bool,
 }
 
 /// Most presence writes in one script call.
@@ -243,6 +245,7 @@ impl RedisLayer {
             node: format!("{:016x}", fastrand::u64(..)),
             seen: Seen::default(),
             presence_writes: Mutex::default(),
+            presence_queued: Notify::new(),
             publisher: Coalescer::new(Bounds {
                 max_items: config.publish_batch_max,
                 max_bytes: config.publish_batch_max_bytes,
@@ -265,10 +268,14 @@ impl RedisLayer {
                 coalesce::run(&shared.publisher, &*shared, &cancel).await;
             })
         };
+        let presence_writer = {
+            let (shared, cancel) = (shared.clone(), cancel.clone());
+            runtime.spawn(async move { shared.write_presence(&cancel).await })
+        };
         let inner = Arc::new(Inner {
             shared,
             cancel,
-            tasks: Mutex::new(vec![supervisor, flusher]),
+            tasks: Mutex::new(vec![supervisor, flusher, presence_writer]),
         });
         Ok((Self { inner }, rx))
     }
@@ -548,7 +555,7 @@ impl Layer for RedisLayer {
     /// Writes this node's entry in the group's presence hash (see `presence.rs`).
     /// On one Redis (or Sentinel's master), writes made while another is in flight are
     /// queued and go out together in one script call when it returns (up to
-    /// `PRESENCE_BATCH`), sent by a task that runs while the queue is not empty: the
+    /// `PRESENCE_BATCH`), sent by the layer's presence writer task: the
     /// server's presence task rewrites every group's entry each refresh, and one call per
     /// group cost as many script calls as a per-user run publishes messages. A write may
     /// so wait for the call in flight, then for its own: up to twice `command_timeout`.
@@ -578,15 +585,9 @@ impl Layer for RedisLayer {
             local: local.clone(),
             ttl,
         };
-        let start = {
-            let mut queue = lock(&shared.presence_writes);
-            queue.writes.push((write, tx));
-            !std::mem::replace(&mut queue.draining, true)
-        };
-        if start {
-            tokio::spawn(Arc::clone(shared).send_presence());
-        }
-        // The sender is dropped unanswered only if the task is (the runtime stops).
+        lock(&shared.presence_writes).writes.push((write, tx));
+        shared.presence_queued.notify_one();
+        // The sender is dropped unanswered only if the writer task is (the runtime stops).
         rx.await.unwrap_or(Err(LayerError::Closed))
     }
 
@@ -769,13 +770,29 @@ impl Shared {
         LayerError::Unavailable(error.to_string())
     }
 
+    /// The presence writer task: sends the queued presence writes, up to
+    /// [`PRESENCE_BATCH`] per call, one call at a time, until `cancel`; then answers what
+    /// is still queued with `Closed`.
+    async fn write_presence(&self, cancel: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.presence_queued.notified() => {}
+            }
+            self.send_presence().await;
+        }
+        let left = std::mem::take(&mut lock(&self.presence_writes).writes);
+        for (_, reply) in left {
+            let _ = reply.send(Err(LayerError::Closed));
+        }
+    }
+
     /// Sends the queued presence writes, a call at a time, until the queue is empty.
-    async fn send_presence(self: Arc<Self>) {
+    async fn send_presence(&self) {
         loop {
             let batch: Vec<_> = {
                 let mut queue = lock(&self.presence_writes);
                 if queue.writes.is_empty() {
-                    queue.draining = false;
                     return;
                 }
                 let n = queue.writes.len().min(PRESENCE_BATCH);
