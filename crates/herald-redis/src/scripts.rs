@@ -20,6 +20,37 @@ use crate::coalesce::Request;
 use crate::envelope;
 use crate::keys::Keys;
 
+/// The history trim both publish scripts share, put in front of each (`with_trim`):
+/// drops a stream's oldest entries while it holds more than `max_len` entries or
+/// `max_bytes` bytes (payloads plus `overhead` each); returns the length and bytes left.
+const TRIM_LUA: &str = r#"
+local function trim(stream, len, bytes, max_len, max_bytes, overhead)
+  while len > max_len or bytes > max_bytes do
+    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    if oldest == nil then break end
+    local fields, size = oldest[2], 0
+    for j = 1, #fields, 2 do
+      if fields[j] == 'd' then size = #fields[j + 1] end
+    end
+    redis.call('XDEL', stream, oldest[1])
+    bytes = bytes - (size + overhead)
+    len = len - 1
+  end
+  return len, bytes
+end
+"#;
+
+/// `body` with [`TRIM_LUA`] in front, and `SPUBLISH` for `PUBLISH` when `sharded` (a
+/// Redis Cluster: the message goes to the channel's shard only).
+fn with_trim(body: &str, sharded: bool) -> redis::Script {
+    let script = [TRIM_LUA, body].concat();
+    if sharded {
+        redis::Script::new(&script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',"))
+    } else {
+        redis::Script::new(&script)
+    }
+}
+
 /// Publishes a batch of messages, possibly of many groups and many requests (see
 /// `coalesce.rs`): for each, creates the group's epoch if it has none, takes the next
 /// offset, appends to the history stream (trimming the oldest entries past `max_len`
@@ -95,17 +126,7 @@ local function publish_one(meta, stream, channel, kind, data)
     if len == 0 then g.touch = true end
     bytes = bytes + cost
     len = len + 1
-    while len > max_len or bytes > max_bytes do
-      local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-      if oldest == nil then break end
-      local fields, size = oldest[2], 0
-      for j = 1, #fields, 2 do
-        if fields[j] == 'd' then size = #fields[j + 1] end
-      end
-      redis.call('XDEL', stream, oldest[1])
-      bytes = bytes - (size + overhead)
-      len = len - 1
-    end
+    len, bytes = trim(stream, len, bytes, max_len, max_bytes, overhead)
   else
     redis.call('DEL', stream)
     bytes, len = 0, 0
@@ -224,17 +245,7 @@ if max_len > 0 and cost <= max_bytes then
   if len == 0 then due = true end
   bytes = bytes + cost
   len = len + 1
-  while len > max_len or bytes > max_bytes do
-    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-    if oldest == nil then break end
-    local fields, size = oldest[2], 0
-    for j = 1, #fields, 2 do
-      if fields[j] == 'd' then size = #fields[j + 1] end
-    end
-    redis.call('XDEL', stream, oldest[1])
-    bytes = bytes - (size + overhead)
-    len = len - 1
-  end
+  len, bytes = trim(stream, len, bytes, max_len, max_bytes, overhead)
 else
   redis.call('DEL', stream)
   bytes = 0
@@ -343,17 +354,14 @@ end
 return out
 "#;
 
-static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUBLISH_LUA));
+static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| with_trim(PUBLISH_LUA, false));
 /// The publish script for Redis Cluster: the same, with `SPUBLISH` (the channel carries
 /// the group's hash tag, so it is on the slot of the keys the script writes).
-static PUBLISH_SHARDED: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&PUBLISH_LUA.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',"))
-});
-static PUBLISH_ONE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUBLISH_ONE_LUA));
+static PUBLISH_SHARDED: LazyLock<redis::Script> = LazyLock::new(|| with_trim(PUBLISH_LUA, true));
+static PUBLISH_ONE: LazyLock<redis::Script> = LazyLock::new(|| with_trim(PUBLISH_ONE_LUA, false));
 /// The one-message script for Redis Cluster, with `SPUBLISH` like [`PUBLISH_SHARDED`].
-static PUBLISH_ONE_SHARDED: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&PUBLISH_ONE_LUA.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',"))
-});
+static PUBLISH_ONE_SHARDED: LazyLock<redis::Script> =
+    LazyLock::new(|| with_trim(PUBLISH_ONE_LUA, true));
 static HISTORY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HISTORY_LUA));
 static RESET: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESET_LUA));
 

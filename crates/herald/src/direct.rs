@@ -23,6 +23,9 @@ use crate::hub::{Encoded, Hub, INLINE_MAX_MEMBERS};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Write};
 
+/// Capacity of the outbox list kept between publishes (see [`DirectSink::flush`]).
+const KEEP_LATER: usize = 64;
+
 /// The memory layer's [`DirectSink`]: this node's hub.
 #[derive(Debug)]
 pub(crate) struct Direct {
@@ -99,9 +102,15 @@ impl DirectSink for Direct {
     fn flush(&self) {
         // Whoever flushes writes every outbox queued so far, its own or another
         // publisher's: the frames are in their queues in order either way.
-        let outboxes = std::mem::take(&mut *self.later());
-        for outbox in outboxes {
+        let mut outboxes = std::mem::take(&mut *self.later());
+        for outbox in outboxes.drain(..) {
             outbox.flush();
+        }
+        // The emptied list goes back for the next publish, so that a publish does not
+        // allocate one (a burst's large list is dropped instead of kept).
+        let mut later = self.later();
+        if later.capacity() == 0 && outboxes.capacity() <= KEEP_LATER {
+            *later = outboxes;
         }
     }
 }

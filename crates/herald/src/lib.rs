@@ -12,8 +12,9 @@
 //!                       (route, limits,  (WebSocket or SSE:                         ▲
 //!                        origin, token,   reads, heartbeats, resume,                │
 //!                        connect hook)    writes shared frames)                     │
-//! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ pump ───────┘
-//!                                     ▲
+//! publisher ──▶ api::publish ──▶ layer.publish ──▶ (memory | redis) ──▶ pump ───────┤
+//!                                     ▲                memory, small group:         │
+//!                                     │                └──▶ direct ─────────────────┘
 //! Django group_send ──▶ herald_django bridge (started by server, memberships kept by
 //!                       subscriptions)
 //! ```

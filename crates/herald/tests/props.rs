@@ -353,7 +353,13 @@ fn request_heads_of_any_shape_get_an_answer() {
                 String::from_utf8_lossy(&bytes)
             );
             if status >= 400 {
-                let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                // The first answer's body only: a generated empty header line ends the
+                // head early, and what follows it is a second request with its own answer.
+                let error: Value = serde_json::Deserializer::from_str(&text)
+                    .into_iter::<Value>()
+                    .next()
+                    .and_then(Result::ok)
+                    .unwrap_or(Value::Null);
                 prop_assert!(
                     error["error"].is_string(),
                     "status {} without a JSON error body ({:?}) for {:?}",
